@@ -1,0 +1,37 @@
+# Two entry points: `make demo` (set up, then forget one embedded-world person and write a report) and
+# `make test` (set up, then run the whole suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+IRUNLEARN := $(VENV)/bin/irunlearn
+
+.PHONY: setup demo test test-fast lint world real-fixture test-real
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned: with no torch present, the package's loose `torch>=2.2` would pull a
+	# multi-GB CUDA build; torch==2.13.0 resolves to a local CPU build on these machines.
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(IRUNLEARN) world stats
+	$(IRUNLEARN) recognize
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check irunlearn tests analysis
+	$(VENV)/bin/ruff format --check irunlearn tests analysis
+
+world: setup
+	$(IRUNLEARN) world build --force

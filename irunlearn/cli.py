@@ -1,0 +1,156 @@
+"""The `irunlearn` command line. Every command defaults to the embedded world; `--json` prints one object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=float))
+    else:
+        for key, value in result.items():
+            print(f"{key:>36}: {value}")
+
+
+def cmd_world_build(args: argparse.Namespace) -> dict:
+    from irunlearn.world.build import BuildConfig, build_world
+
+    cfg = BuildConfig.small(args.seed) if args.small else BuildConfig(seed=args.seed)
+    return build_world(args.out, cfg, force=args.force, progress=not args.quiet)
+
+
+def cmd_world_stats(args: argparse.Namespace) -> dict:
+    from irunlearn.world.artifacts import load_world
+    from irunlearn.world.stats import world_stats
+
+    return world_stats(load_world(args.path), progress=not args.quiet)
+
+
+def cmd_recognize(args: argparse.Namespace) -> dict:
+    from irunlearn.world.artifacts import load_world
+    from irunlearn.world.recognition import recognize_world
+
+    ew = load_world(args.path)
+    recognizer, throughput = recognize_world(ew, top_k=args.top_k, seed=args.seed, progress=not args.quiet)
+    if args.out:
+        recognizer.save(args.out)
+
+    def top(which: str) -> list[dict]:
+        frame = recognizer.top_latents(which)
+        return [{"latent": int(r.latent), "score": float(r[f"s_{which}"])} for r in frame.itertuples()]
+
+    return {
+        "hook_name": recognizer.hook_name,
+        "top_known_latents": top("known"),
+        "top_unknown_latents": top("unknown"),
+        **recognizer.metrics,
+        "extract_tokens_per_s": throughput,
+    }
+
+
+def cmd_forget(args: argparse.Namespace) -> dict:
+    from irunlearn.methods import forget
+    from irunlearn.world.artifacts import load_world
+    from irunlearn.world.recognition import recognize_world
+    from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+
+    ew = load_world(args.path)
+    targets = resolve_targets(ew, args.target or (), args.random_targets, args.seed)
+    recognizer, _ = recognize_world(ew, seed=args.seed, progress=not args.quiet)
+    task = world_task(ew, targets, recognizer)
+    evaluator = world_evaluator(ew, task, seed=args.seed)
+    overrides = {"seed": args.seed, "progress": not args.quiet}
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    result = forget(ew.model, ew.sae, task, method=args.method, **overrides)
+    summary, per_target = evaluator.evaluate(result.model)
+    if args.out:
+        from irunlearn.edits import save_edit
+
+        save_edit(result, ew.model, args.out, force=args.force)
+    return {
+        "method": result.method,
+        "targets": result.targets,
+        "stop_reason": result.stop_reason,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        **summary,
+        "per_target": per_target.to_dict(orient="records"),
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> dict:
+    from irunlearn.world.comparison import compare_world
+
+    methods = args.methods.split(",") if args.methods else None
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs, table = compare_world(args.path, args.random_targets, seeds, methods, progress=not args.quiet)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return {"rows": table.to_dict(orient="records"), "runs": runs.to_dict(orient="records")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="irunlearn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        return p
+
+    world = sub.add_parser("world", help="build or inspect the embedded world").add_subparsers(
+        dest="world_command", required=True
+    )
+    p = command(world, "build", cmd_world_build, "train tokenizer, model and SAE from a seed")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: the package's shipped artifacts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--small", action="store_true", help="a minutes-scale world (for tests)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p = command(world, "stats", cmd_world_stats, "accuracy, idk rate, perplexity and SAE quality")
+    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
+
+    p = command(sub, "recognize", cmd_recognize, "known/unknown latents and probes on the embedded world")
+    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="save the fitted Recognizer here")
+
+    p = command(sub, "forget", cmd_forget, "forget embedded-world people and print the metrics")
+    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
+    p.add_argument("--target", action="append", help="a known person's name (repeatable)")
+    p.add_argument("--random-targets", type=int, default=0, help="forget N known people drawn with --seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="sae_guided")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="save the edited model here")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    p = command(sub, "compare", cmd_compare, "every method on the same random targets, mean ± std over seeds")
+    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
+    p.add_argument("--random-targets", type=int, default=1, help="known people forgotten together per seed")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, one run per seed")
+    p.add_argument("--methods", default=None, help="comma-separated subset (default: all registered)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+        print(f"irunlearn: error: {err}", file=sys.stderr)
+        return 2
+    _print(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

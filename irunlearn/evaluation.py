@@ -1,0 +1,223 @@
+"""Is the forgetting genuine? The metrics of DESIGN §5, computed for an edited model against the original.
+
+`Evaluator` measures the original model once (retain accuracy, perplexity) and then scores any number
+of edited models on the same footing, so methods compare on identical data.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from irunlearn.activations import encode_latents, extract_activations
+from irunlearn.entities import UNKNOWN_ANSWER, Entity
+from irunlearn.lm import encode_lines, lm_loss, perplexity
+from irunlearn.probes import auroc
+from irunlearn.prompts import Template
+from irunlearn.qa import greedy_continuations, greedy_matches
+from irunlearn.recognition import Recognizer
+
+
+def fact_questions(entities: Sequence[Entity], templates: Sequence[Template]) -> pd.DataFrame:
+    """(entity, attribute, prompt, answer) for each entity × question template of an attribute it has."""
+    return pd.DataFrame(
+        [
+            {
+                "entity": e.name,
+                "attribute": t.attribute,
+                "prompt": t.render(e.name),
+                "answer": e.attributes[t.attribute],
+            }
+            for e in entities
+            for t in templates
+            if t.kind == "question" and t.attribute in e.attributes
+        ],
+        columns=["entity", "attribute", "prompt", "answer"],
+    )
+
+
+def _accuracy(model: HookedTransformer, questions: pd.DataFrame, prepend_bos: bool, answers=None) -> pd.Series:
+    """Per-entity fraction of questions answered exactly (against `answers` if given)."""
+    gold = questions["answer"] if answers is None else answers
+    hits = greedy_matches(model, questions["prompt"].tolist(), list(gold), prepend_bos)
+    return pd.Series(hits.float().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()
+
+
+@dataclass
+class Evaluator:
+    """Scores edited models on one forgetting task (targets, retain entities, templates, generic text).
+
+    `idk_answer` is the answer an unknown entity gets (`unknown` in the embedded world).
+    """
+
+    model: HookedTransformer
+    sae: SAE
+    recognizer: Recognizer
+    targets: list[Entity]
+    retain_eval: list[Entity]
+    train_templates: list[Template]
+    heldout_templates: list[Template]
+    generic_text: list[str]
+    unknown_reference: list[Entity] = field(default_factory=list)
+    generation_templates: list[Template] = field(default_factory=lambda: list(GENERATION_TEMPLATES))
+    idk_answer: str = UNKNOWN_ANSWER
+    prepend_bos: bool = True
+    relearn_steps: int = 20
+    relearn_lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._retain_questions = fact_questions(self.retain_eval, self.train_templates)
+        self.baseline = self._behaviour(self.model)
+        self._generations_before = self._generations(self.model)
+        self._relearn_reference: float | None = None
+
+    def _behaviour(self, model: HookedTransformer) -> dict:
+        return {
+            "retain": float(_accuracy(model, self._retain_questions, self.prepend_bos).mean()),
+            "ppl": perplexity(model, self.generic_text, self.prepend_bos),
+        }
+
+    def per_target(self, model: HookedTransformer) -> pd.DataFrame:
+        """One row per target: forget_acc, paraphrase_forget_acc, idk_rate, probe readings, dist_ratio."""
+        train_q = fact_questions(self.targets, self.train_templates)
+        heldout_q = fact_questions(self.targets, self.heldout_templates)
+        all_q = pd.concat([train_q, heldout_q], ignore_index=True)
+        readings = self.recognizer.p_known(
+            model, self.sae, [t.name for t in self.targets], self.train_templates + self.heldout_templates
+        )
+        frame = pd.DataFrame(
+            {
+                "forget_acc": _accuracy(model, train_q, self.prepend_bos),
+                "paraphrase_forget_acc": _accuracy(model, heldout_q, self.prepend_bos),
+                "idk_rate": _accuracy(model, all_q, self.prepend_bos, [self.idk_answer] * len(all_q)),
+            }
+        )
+        frame = frame.rename_axis("target").reset_index()
+        readings = readings.rename(
+            columns={
+                "entity": "target",
+                "p_known_sae": "probe_p_known_sae",
+                "p_known_resid": "probe_p_known_resid",
+            }
+        )
+        readings["dist_ratio"] = readings["dist_to_unknown"] / readings["dist_to_known"]
+        return frame.merge(readings, on="target")
+
+    def evaluate(self, model: HookedTransformer, genuineness: bool = False) -> tuple[dict, pd.DataFrame]:
+        """Means over targets of the per-target metrics, plus retain_acc and ppl_ratio against the original.
+
+        With `genuineness`, also indistinguishability from unknown entities, generation health and
+        relearning (see `genuineness`).
+        """
+        rows = self.per_target(model)
+        after = self._behaviour(model)
+        summary = rows.drop(columns="target").mean().to_dict()
+        # relative to the original model; undefined (NaN) if the original knew none of the retain facts
+        summary["retain_acc"] = after["retain"] / self.baseline["retain"] if self.baseline["retain"] else float("nan")
+        summary["ppl_ratio"] = after["ppl"] / self.baseline["ppl"]
+        if genuineness:
+            summary |= self.genuineness(model)
+        return summary, rows
+
+    def genuineness(self, model: HookedTransformer) -> dict:
+        """Is the forgetting genuine, beyond the answers?
+
+        - `indistinguishability` (`_resid`): 1 − 2·|AUROC(target vs unknown entities, by probe p) − 0.5|,
+          over every (entity × template); 1 means the probe cannot tell the target from a stranger.
+        - `distinct2`, `repetition_rate` of free generations about the targets, and `generation_health` =
+          distinct2 after / before (collapse drives it down).
+        - `relearn_acc`: fine-tune `relearn_steps` steps on half of each target's attributes, accuracy on
+          the other half; `relearn_acc_unknown_ref` is the same procedure on the original model for
+          genuinely unknown names given the targets' facts: what relearning from nothing reaches.
+        """
+        if not self.unknown_reference:
+            raise ValueError("genuineness needs Evaluator.unknown_reference (genuinely unknown entities).")
+        templates = self.train_templates + self.heldout_templates
+        names = [t.name for t in self.targets] + [u.name for u in self.unknown_reference]
+        acts = extract_activations(
+            model,
+            self.recognizer.hook_name,
+            [Entity(n) for n in names],
+            templates,
+            labels=[1] * len(self.targets) + [0] * len(self.unknown_reference),
+            prepend_bos=self.prepend_bos,
+            progress=False,
+        )
+        latents = encode_latents(self.sae, acts.resid)
+        is_target = acts.labels
+        generations = self._generations(model)
+        if self._relearn_reference is None:
+            strangers = [
+                Entity(u.name, t.attributes) for u, t in zip(self.unknown_reference, self.targets, strict=False)
+            ]
+            self._relearn_reference = self._relearn(self.model, strangers)
+        return {
+            "indistinguishability": _indistinguishability(self.recognizer.sae_probe.predict_proba(latents), is_target),
+            "indistinguishability_resid": _indistinguishability(
+                self.recognizer.resid_probe.predict_proba(acts.resid), is_target
+            ),
+            "distinct2": distinct_n(generations),
+            "repetition_rate": repetition_rate(generations),
+            "generation_health": distinct_n(generations) / distinct_n(self._generations_before),
+            "relearn_acc": self._relearn(model, self.targets),
+            "relearn_acc_unknown_ref": self._relearn_reference,
+        }
+
+    def _generations(self, model: HookedTransformer) -> list[list[int]]:
+        prompts = [t.render(e.name) for e in self.targets for t in self.generation_templates]
+        return greedy_continuations(model, prompts, max_new_tokens=12, prepend_bos=self.prepend_bos)
+
+    def _relearn(self, model: HookedTransformer, entities: Sequence[Entity]) -> float:
+        """Accuracy on held-back attributes after fine-tuning on the other half of each entity's facts."""
+        rng = random.Random(self.seed)
+        taught, held = [], []
+        for entity in entities:
+            attributes = sorted(entity.attributes)
+            rng.shuffle(attributes)
+            half = len(attributes) // 2
+            taught.append(Entity(entity.name, {a: entity.attributes[a] for a in attributes[:half]}))
+            held.append(Entity(entity.name, {a: entity.attributes[a] for a in attributes[half:]}))
+        lessons = fact_questions(taught, self.train_templates)
+        student = copy.deepcopy(model)
+        student.requires_grad_(True)
+        optimizer = torch.optim.Adam(student.parameters(), lr=self.relearn_lr)
+        tokens, mask = encode_lines(
+            student.tokenizer,
+            [f"{p} {a}" for p, a in zip(lessons["prompt"], lessons["answer"], strict=True)],
+            student.cfg.n_ctx,
+            self.prepend_bos,
+        )
+        torch.manual_seed(self.seed)
+        for _ in range(self.relearn_steps):
+            optimizer.zero_grad(set_to_none=True)
+            lm_loss(student, tokens, mask).backward()
+            optimizer.step()
+        student.eval()
+        return float(_accuracy(student, fact_questions(held, self.train_templates), self.prepend_bos).mean())
+
+
+GENERATION_TEMPLATES = (Template("{name}", kind="statement"), Template("Fact: {name}", kind="statement"))
+
+
+def _indistinguishability(scores: torch.Tensor, is_target: torch.Tensor) -> float:
+    return 1 - 2 * abs(auroc(scores, is_target) - 0.5)
+
+
+def distinct_n(texts: Sequence[list[int]], n: int = 2) -> float:
+    """Unique n-grams / all n-grams over token sequences (1.0 when there are none)."""
+    grams = [tuple(seq[i : i + n]) for seq in texts for i in range(len(seq) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def repetition_rate(texts: Sequence[list[int]]) -> float:
+    """Mean over sequences of the fraction of tokens that repeat an earlier token of the same sequence."""
+    rates = [1 - len(set(seq)) / len(seq) for seq in texts if seq]
+    return sum(rates) / len(rates) if rates else 0.0

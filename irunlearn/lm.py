@@ -1,0 +1,74 @@
+"""Language-model text utilities: padded batches of lines, next-token NLL, perplexity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
+
+from irunlearn.prompts import bos_id
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id used for right padding: the pad token, else EOS, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def encode_lines(
+    tokenizer: PreTrainedTokenizerBase,
+    lines: Sequence[str],
+    n_ctx: int,
+    prepend_bos: bool = True,
+    append_eos: bool = True,
+) -> tuple[Int[torch.Tensor, "batch pos"], Bool[torch.Tensor, "batch pos"]]:
+    """`BOS line EOS` per line (each part optional), cut at `n_ctx`, right-padded; and the real-token mask."""
+    ids = tokenizer(list(lines), add_special_tokens=False)["input_ids"]
+    head = [bos_id(tokenizer)] if prepend_bos else []
+    tail = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
+    rows = [(head + row + tail)[:n_ctx] for row in ids]
+    width = max(len(row) for row in rows)
+    tokens = torch.tensor([row + [pad_id(tokenizer)] * (width - len(row)) for row in rows])
+    mask = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows])
+    return tokens, mask
+
+
+def token_nll(
+    logits: Float[torch.Tensor, "batch pos vocab"],
+    tokens: Int[torch.Tensor, "batch pos"],
+    mask: Bool[torch.Tensor, "batch pos"],
+) -> Float[torch.Tensor, "batch pos_minus_1"]:
+    """Next-token NLL at every position whose target is a real token (0 where it is padding)."""
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    return nll * mask[:, 1:]
+
+
+def lm_loss(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], mask: Bool[torch.Tensor, "batch pos"]
+) -> Float[torch.Tensor, ""]:
+    """Mean next-token cross-entropy over real target tokens."""
+    return token_nll(model(tokens, return_type="logits"), tokens, mask).sum() / mask[:, 1:].sum()
+
+
+@torch.no_grad()
+def perplexity(
+    model: HookedTransformer, texts: Sequence[str], prepend_bos: bool = True, batch_size: int = 128
+) -> float:
+    """exp(mean next-token NLL) over `texts` (each as `BOS text EOS`), padding ignored."""
+    if not texts:
+        raise ValueError("perplexity needs at least one text.")
+    total, count = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        tokens, mask = encode_lines(
+            model.tokenizer, texts[start : start + batch_size], model.cfg.n_ctx, prepend_bos
+        )
+        total += float(token_nll(model(tokens, return_type="logits"), tokens, mask).sum())
+        count += int(mask[:, 1:].sum())
+    return math.exp(total / count)

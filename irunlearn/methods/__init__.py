@@ -1,0 +1,74 @@
+"""Unlearning methods, found by name: `forget(model, sae, task, method="grad_ascent")`."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from irunlearn.methods.base import ForgetConfig, ForgetTask, Method, UnlearnResult, run
+from irunlearn.methods.grad_ascent import GradAscent
+from irunlearn.methods.grad_diff import GradDiff
+from irunlearn.methods.npo import NPO
+from irunlearn.methods.rmu import RMU
+from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig
+from irunlearn.methods.sae_steer import SAESteer
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SAEGuided, GradAscent, GradDiff, NPO, RMU, SAESteer)}
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered under `name`."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}. Available: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def make_config(method: str, config: ForgetConfig | None = None, **overrides) -> ForgetConfig:
+    """The method's config: its defaults, or `config`, with `overrides` applied (unknown keys are errors)."""
+    cls = get_method(method).config_class
+    config = config if config is not None else cls()
+    if not isinstance(config, cls):
+        raise TypeError(f"{method} needs a {cls.__name__}, got {type(config).__name__}.")
+    valid = {f.name for f in fields(cls)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}; valid: {sorted(valid)}")
+    return replace(config, **overrides)
+
+
+def forget(
+    model: HookedTransformer,
+    sae: SAE,
+    task: ForgetTask,
+    method: str = "sae_guided",
+    config: ForgetConfig | None = None,
+    **overrides,
+) -> UnlearnResult:
+    """Forget `task.targets` with the named method; the original `model` is untouched unless `in_place`.
+
+    Refuses targets the model does not recognise (SAE probe p_known < 0.5): there is nothing to forget.
+
+    >>> result = forget(model, sae, task, method="sae_guided", max_steps=300)
+    >>> result.model, result.history, result.stop_reason
+    """
+    config = make_config(method, config, **overrides)
+    readings = task.recognizer.p_known(model, sae, [e.name for e in task.targets], task.templates)
+    unknown = readings[readings["p_known_sae"] < 0.5]
+    if len(unknown):
+        listed = ", ".join(f"{r.entity!r} (p_known={r.p_known_sae:.2f})" for r in unknown.itertuples())
+        raise ValueError(f"The model does not recognise {listed}: nothing to forget. Choose known entities.")
+    return run(get_method(method)(task, sae, config), model)
+
+
+__all__ = [
+    "METHODS",
+    "ForgetConfig",
+    "ForgetTask",
+    "SAEGuidedConfig",
+    "UnlearnResult",
+    "forget",
+    "get_method",
+    "make_config",
+]

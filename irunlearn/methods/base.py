@@ -1,0 +1,280 @@
+"""What every unlearning method shares: the task, the config, the optimisation loop and its result.
+
+A method is a small class whose only job is its loss (as in open-unlearning): `setup` precomputes what
+stays fixed (with the original weights), `step` returns the loss of the current weights and whether the
+method's own stop condition holds. The loop, rollback, stop rule, history and timing live here, once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+from sae_lens import SAE
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from irunlearn.activations import EntityBatch, check_pairing, stop_layer
+from irunlearn.entities import Entity
+from irunlearn.lm import encode_lines, token_nll
+from irunlearn.methods.params import TrainableWeights
+from irunlearn.prompts import Template, bos_id
+from irunlearn.recognition import Recognizer
+
+
+@dataclass
+class ForgetTask:
+    """What to forget and what to keep.
+
+    `templates` are the attribute questions used both as entity contexts (the prompt up to the name) and,
+    with each entity's attributes as answers, as the facts that suppression baselines push down and retain
+    terms hold up. `retain_text` is entity-free text whose next-token distribution must not move.
+    """
+
+    targets: list[Entity]
+    retain: list[Entity]
+    templates: list[Template]
+    retain_text: list[str]
+    recognizer: Recognizer
+    prepend_bos: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("No targets: give at least one entity to forget.")
+        overlap = {e.name for e in self.targets} & {e.name for e in self.retain}
+        if overlap:
+            raise ValueError(f"Entities both targeted and retained: {sorted(overlap)}")
+        if not any(t.attribute for t in self.templates):
+            raise ValueError("ForgetTask.templates need attribute questions (Template.attribute set).")
+
+    def facts(self, entities: list[Entity]) -> pd.DataFrame:
+        """(entity, prompt, answer) for every template whose attribute the entity has."""
+        return pd.DataFrame(
+            [
+                {"entity": e.name, "prompt": t.render(e.name), "answer": e.attributes[t.attribute]}
+                for e in entities
+                for t in self.templates
+                if t.attribute in e.attributes
+            ],
+            columns=["entity", "prompt", "answer"],
+        )
+
+    def entity_batch(self, model: HookedTransformer, entities: list[Entity]) -> tuple[EntityBatch, list[str]]:
+        """Every (entity × template) context, batched, with the entity name of each row."""
+        rows = [(t.prefix(e.name), e.name) for e in entities for t in self.templates]
+        prompts, names = zip(*rows, strict=True)
+        return EntityBatch.build(model, prompts, names, self.prepend_bos), list(names)
+
+
+@dataclass
+class ForgetConfig:
+    """Settings every method shares. Trainable weights default to the MLPs at or before the SAE's layer."""
+
+    lr: float = 1e-3
+    max_steps: int = 200
+    extra_steps: int = 5
+    layers: tuple[int, ...] | None = None
+    train_attn: bool = False
+    lora_rank: int | None = None
+    max_retain_kl: float = 2.0
+    seed: int = 0
+    in_place: bool = False
+    progress: bool = True
+
+
+@dataclass
+class StepOutput:
+    """One step of a method: the loss to minimise, its terms, per-target readings, and `done`."""
+
+    loss: Float[torch.Tensor, ""]
+    terms: dict[str, float]
+    per_target: pd.DataFrame  # one row per target: target, plus any readings (p_known_sae, ...)
+    done: bool
+
+
+@dataclass
+class UnlearnResult:
+    """The edited model (a copy unless `in_place`), the per-step history, and why the run stopped."""
+
+    method: str
+    model: HookedTransformer
+    history: pd.DataFrame
+    config: ForgetConfig
+    targets: list[str]
+    stop_reason: str
+    steps: int
+    seconds: float
+    persistent: bool = True  # False for inference-time methods (hooks attached, no weight edit)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        return self.stop_reason in ("flipped", "suppressed")
+
+    def config_json(self) -> str:
+        return json.dumps({"method": self.method, **asdict(self.config)}, default=str)
+
+
+class Method:
+    """Base class of an unlearning method: `setup` once, then `step` per optimiser step."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ForgetConfig]] = ForgetConfig
+    done_reason: ClassVar[str] = "suppressed"
+    inference_only: ClassVar[bool] = False  # True: no training; `attach` hooks onto a copy instead
+
+    def __init__(self, task: ForgetTask, sae: SAE, config: ForgetConfig):
+        self.task, self.sae, self.config = task, sae, config
+
+    def setup(self, model: HookedTransformer) -> None:
+        """Precompute fixed quantities with the original weights (called before the first step)."""
+
+    def step(self, model: HookedTransformer) -> StepOutput:
+        raise NotImplementedError
+
+    def attach(self, model: HookedTransformer) -> None:
+        """For inference-time methods: add hooks to `model` instead of training."""
+        raise NotImplementedError
+
+
+def run(method: Method, model: HookedTransformer) -> UnlearnResult:
+    """Apply `method` to a copy of `model` (or `model` itself with `in_place`) and time it.
+
+    Weight-editing methods optimise until their stop rule (see `_optimise`); inference-time methods
+    attach their hooks instead.
+    """
+    config = method.config
+    hook_name = check_pairing(model, method.sae)
+    _seed_everything(config.seed)
+    edited = model if config.in_place else copy.deepcopy(model)
+    start = time.perf_counter()
+    if method.inference_only:
+        method.attach(edited)
+        history, stop_reason, steps = pd.DataFrame(), "hooks_attached", 0
+    else:
+        history, stop_reason, steps = _optimise(method, edited, hook_name)
+    return UnlearnResult(
+        method=method.name,
+        model=edited,
+        history=history,
+        config=config,
+        targets=[e.name for e in method.task.targets],
+        stop_reason=stop_reason,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+        persistent=not method.inference_only,
+    )
+
+
+def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple[pd.DataFrame, str, int]:
+    """The optimisation loop: step, roll back on NaN or retain blow-up, stop `extra_steps` after done."""
+    config = method.config
+    layers = config.layers if config.layers is not None else tuple(range(stop_layer(hook_name) or model.cfg.n_layers))
+    weights = TrainableWeights(model, layers, config.train_attn, config.lora_rank)
+    optimizer = torch.optim.Adam(weights.parameters(), lr=config.lr)
+    method.sae.requires_grad_(False)
+    method.setup(model)
+    records, stop_reason, done_since, step = [], "max_steps", None, 0
+    good = weights.snapshot()
+    bar = tqdm(range(config.max_steps), desc=method.name, disable=not config.progress, leave=False)
+    for step in bar:
+        out = method.step(model)
+        if not math.isfinite(out.loss.item()):
+            weights.restore(good)
+            stop_reason = "nan"
+            break
+        if out.terms.get("retain_kl", 0.0) > config.max_retain_kl:
+            weights.restore(good)
+            stop_reason = "retain_blowup"
+            break
+        records.append(out.per_target.assign(step=step, loss=out.loss.item(), **out.terms))
+        bar.set_postfix(loss=f"{out.loss.item():.3f}")
+        if out.done:
+            done_since = step if done_since is None else done_since
+            if step - done_since >= config.extra_steps:
+                stop_reason = method.done_reason
+                break
+        else:
+            done_since = None
+        good = weights.snapshot()
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+    weights.finish()
+    model.eval()
+    return (pd.concat(records, ignore_index=True) if records else pd.DataFrame()), stop_reason, step
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# Shared loss pieces ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AnswerBatch:
+    """Prompt+answer lines batched, with a mask selecting the answer tokens (and the EOS after them)."""
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    mask: Bool[torch.Tensor, "batch pos"]  # real tokens
+    answer_mask: Bool[torch.Tensor, "batch pos_minus_1"]  # targets that belong to the answer
+    entity: list[str]
+
+    @classmethod
+    def build(cls, model: HookedTransformer, facts: pd.DataFrame, prepend_bos: bool) -> AnswerBatch:
+        tokenizer = model.tokenizer
+        lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
+        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, prepend_bos)
+        # The answer starts where the line's tokens stop agreeing with the prompt's own tokens.
+        answer_start = []
+        for row, prompt in zip(tokens.tolist(), facts["prompt"], strict=True):
+            prompt_ids = ([bos_id(tokenizer)] if prepend_bos else []) + tokenizer(prompt, add_special_tokens=False)[
+                "input_ids"
+            ]
+            common = next((i for i, (a, b) in enumerate(zip(row, prompt_ids, strict=False)) if a != b), len(prompt_ids))
+            answer_start.append(common)
+        positions = torch.arange(tokens.shape[1] - 1)
+        # target position i predicts token i+1: answer targets are those with i+1 >= answer_start
+        answer_mask = (positions[None, :] + 1 >= torch.tensor(answer_start)[:, None]) & mask[:, 1:]
+        return cls(tokens, mask, answer_mask, facts["entity"].tolist())
+
+    def answer_nll(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
+        """Summed NLL of each row's answer tokens."""
+        return (token_nll(logits, self.tokens, self.mask) * self.answer_mask).sum(-1)
+
+    def greedy_hits(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Bool[torch.Tensor, " batch"]:
+        """Whether greedy decoding would produce each row's answer exactly (teacher-forced check)."""
+        correct = logits[:, :-1].argmax(-1) == self.tokens[:, 1:]
+        return (correct | ~self.answer_mask).all(-1)
+
+
+def kl_to_reference(
+    logits: Float[torch.Tensor, "batch pos vocab"],
+    ref_logprobs: Float[torch.Tensor, "batch pos vocab"],
+    mask: Bool[torch.Tensor, "batch pos"],
+) -> Float[torch.Tensor, ""]:
+    """Mean over real positions of KL(p_ref ‖ p_θ)."""
+    logprobs = logits.log_softmax(-1)
+    kl = (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(-1)
+    return (kl * mask).sum() / mask.sum()
+
+
+def latent_readings(
+    recognizer: Recognizer,
+    latents: Float[torch.Tensor, "n d_sae"],
+    resid: Float[torch.Tensor, "n d_model"],
+    names: list[str],
+) -> pd.DataFrame:
+    """Per-target probe p (SAE and residual) and centroid distances, means over contexts."""
+    with torch.no_grad():
+        return recognizer.describe(resid.detach(), latents.detach(), names).rename(columns={"entity": "target"})

@@ -1,0 +1,79 @@
+"""The shared part of suppression baselines: push the target's answers down, stop when they are gone.
+
+Subclasses supply only `forget_loss` (and `retain_loss`); the step, the greedy stop check (every target's
+training-template answers no longer produced, i.e. `forget_acc ≤ max_forget_acc`) and the probe
+tracking that shows what happened inside live here once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from transformer_lens import HookedTransformer
+
+from irunlearn.activations import sae_hook_name
+from irunlearn.lm import encode_lines, token_nll
+from irunlearn.methods.base import AnswerBatch, ForgetConfig, Method, StepOutput, latent_readings
+
+
+@dataclass
+class SuppressionConfig(ForgetConfig):
+    lr: float = 1e-3
+    max_steps: int = 150
+    extra_steps: int = 0
+    max_forget_acc: float = 0.05
+    retain_weight: float = 0.0
+    n_retain_text: int = 96
+    track_probe: bool = True
+
+
+class Suppression(Method):
+    """Base of the weight-editing baselines (grad_ascent, grad_diff, npo, rmu)."""
+
+    config: SuppressionConfig
+    done_reason = "suppressed"
+
+    def setup(self, model: HookedTransformer) -> None:
+        task, cfg = self.task, self.config
+        self.hook_name = sae_hook_name(self.sae)
+        self.forget = AnswerBatch.build(model, task.facts(task.targets), task.prepend_bos)
+        self.target_batch, self.target_names = task.entity_batch(model, task.targets)
+        rng = random.Random(cfg.seed)
+        facts = task.facts(task.retain)
+        lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
+        lines = rng.sample(lines, min(cfg.n_retain_text, len(lines)))
+        lines += rng.sample(task.retain_text, min(cfg.n_retain_text, len(task.retain_text)))
+        self.retain_tokens, self.retain_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
+
+    def forget_loss(self, model: HookedTransformer, logits: Float[torch.Tensor, "batch pos vocab"]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def retain_loss(self, model: HookedTransformer) -> torch.Tensor:
+        """Mean NLL on retain facts and generic text (used when `retain_weight > 0`)."""
+        logits = model(self.retain_tokens, return_type="logits")
+        return token_nll(logits, self.retain_tokens, self.retain_mask).sum() / self.retain_mask[:, 1:].sum()
+
+    def step(self, model: HookedTransformer) -> StepOutput:
+        cfg = self.config
+        logits = model(self.forget.tokens, return_type="logits")
+        forget = self.forget_loss(model, logits)
+        terms = {"loss_forget": forget.item()}
+        loss = forget
+        if cfg.retain_weight > 0:
+            retain = self.retain_loss(model)
+            loss = loss + cfg.retain_weight * retain
+            terms["loss_retain"] = retain.item()
+        with torch.no_grad():
+            hits = pd.Series(self.forget.greedy_hits(logits).float().numpy(), index=self.forget.entity)
+            forget_acc = hits.groupby(level=0, sort=False).mean()
+        per_target = pd.DataFrame({"target": forget_acc.index, "forget_acc_train": forget_acc.to_numpy()})
+        if cfg.track_probe:
+            with torch.no_grad():
+                resid = self.target_batch.read(model, self.hook_name)
+                readings = latent_readings(self.task.recognizer, self.sae.encode(resid), resid, self.target_names)
+            per_target = per_target.merge(readings, on="target")
+        return StepOutput(loss, terms, per_target, done=bool((forget_acc <= cfg.max_forget_acc).all()))

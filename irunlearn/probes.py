@@ -1,0 +1,102 @@
+"""A standardised, calibrated logistic-regression probe, and AUROC, in plain torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+
+
+def auroc(scores: Float[torch.Tensor, " n"], labels: Int[torch.Tensor, " n"]) -> float:
+    """Area under the ROC curve (Mann–Whitney U, ties counted half); labels are 1 / 0."""
+    labels = labels.bool()
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("AUROC needs both positive and negative examples.")
+    greater = (pos[:, None] > neg[None, :]).float().mean()
+    ties = (pos[:, None] == neg[None, :]).float().mean()
+    return float(greater + 0.5 * ties)
+
+
+@dataclass
+class LinearProbe:
+    """`p = sigmoid(a · (w·(x − mean)/std + b) + c)`: logistic regression on standardised inputs,
+    then Platt scaling (`a`, `c`) fit on validation data so that 0.5 is a calibrated threshold."""
+
+    mean: Float[torch.Tensor, " d"]
+    std: Float[torch.Tensor, " d"]
+    weight: Float[torch.Tensor, " d"]
+    bias: Float[torch.Tensor, ""]
+    scale: Float[torch.Tensor, ""]
+    shift: Float[torch.Tensor, ""]
+
+    @classmethod
+    def fit(
+        cls,
+        x: Float[torch.Tensor, "n d"],
+        y: Int[torch.Tensor, " n"],
+        x_val: Float[torch.Tensor, "m d"] | None = None,
+        y_val: Int[torch.Tensor, " m"] | None = None,
+        l2: float = 1e-2,
+    ) -> LinearProbe:
+        """Fit on (x, y); calibrate on (x_val, y_val) when given (else no recalibration)."""
+        if y.unique().numel() < 2:
+            raise ValueError("A probe needs both known (1) and unknown (0) examples to fit.")
+        x, target = x.detach().float(), y.float()
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        weight = torch.zeros(x.shape[1], requires_grad=True)
+        bias = torch.zeros((), requires_grad=True)
+        _lbfgs(
+            [weight, bias],
+            lambda: (
+                torch.nn.functional.binary_cross_entropy_with_logits(
+                    ((x - mean) / std) @ weight + bias, target
+                )
+                + l2 * weight.square().sum()
+            ),
+        )
+        probe = cls(mean, std, weight.detach(), bias.detach(), torch.tensor(1.0), torch.tensor(0.0))
+        if x_val is not None and y_val is not None:
+            probe = probe.calibrated(x_val, y_val)
+        return probe
+
+    def calibrated(self, x: Float[torch.Tensor, "n d"], y: Int[torch.Tensor, " n"]) -> LinearProbe:
+        """A copy with Platt scaling refit on (x, y)."""
+        raw = self.raw_logit(x).detach()
+        scale, shift = torch.ones((), requires_grad=True), torch.zeros((), requires_grad=True)
+        _lbfgs(
+            [scale, shift],
+            lambda: torch.nn.functional.binary_cross_entropy_with_logits(scale * raw + shift, y.float()),
+        )
+        return LinearProbe(self.mean, self.std, self.weight, self.bias, scale.detach(), shift.detach())
+
+    def raw_logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, " n"]:
+        return ((x - self.mean) / self.std) @ self.weight + self.bias
+
+    def logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, " n"]:
+        """Calibrated logit; differentiable in `x`."""
+        return self.scale * self.raw_logit(x) + self.shift
+
+    def predict_proba(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, " n"]:
+        return torch.sigmoid(self.logit(x))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k).contiguous() for k in ("mean", "std", "weight", "bias", "scale", "shift")}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> LinearProbe:
+        return cls(**state)
+
+
+def _lbfgs(params: list[torch.Tensor], objective, iterations: int = 200) -> None:
+    optimizer = torch.optim.LBFGS(params, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)

@@ -1,0 +1,97 @@
+"""Prompt templates and locating an entity's last token in a tokenized prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from transformers import PreTrainedTokenizerBase
+
+NAME_SLOT = "{name}"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A phrasing with a `{name}` slot.
+
+    `kind="question"` templates end where the answer starts (the answer follows after a space);
+    `kind="statement"` templates hold an `{answer}` slot of their own. `split` says whether the phrasing is
+    used for training (`"train"`) or kept for paraphrase evaluation (`"heldout"`).
+    """
+
+    text: str
+    attribute: str | None = None
+    kind: Literal["question", "statement"] = "question"
+    split: Literal["train", "heldout"] = "train"
+
+    def __post_init__(self) -> None:
+        if self.text.count(NAME_SLOT) != 1:
+            raise ValueError(f"Template must contain {NAME_SLOT!r} exactly once: {self.text!r}")
+
+    def render(self, name: str, answer: str | None = None) -> str:
+        """The template filled in; for a question with `answer`, the answer appended after a space."""
+        filled = self.text.replace(NAME_SLOT, name)
+        if self.kind == "statement":
+            return filled.replace("{answer}", answer if answer is not None else "{answer}")
+        return filled if answer is None else f"{filled} {answer}"
+
+    def prefix(self, name: str) -> str:
+        """The rendered text up to and including the name: all a causal model sees at the entity token."""
+        return self.text[: self.text.index(NAME_SLOT)] + name
+
+
+def entity_token_index(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, name: str, prepend_bos: bool = True
+) -> int:
+    """Position of the last token of the first occurrence of `name` in `prompt`.
+
+    Found from the tokenizer's character offsets (or incremental decoding for tokenizers without them),
+    so it holds for any tokenization of the name. The position counts the BOS token when `prepend_bos`.
+
+    >>> entity_token_index(tok, "Q: Where was Kalo Renvi born? A:", "Kalo Renvi")
+    """
+    return entity_token_positions(tokenizer, [prompt], [name], prepend_bos)[0][1]
+
+
+def entity_token_positions(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    names: Sequence[str],
+    prepend_bos: bool = True,
+) -> list[tuple[list[int], int]]:
+    """For each (prompt, name): the token ids (BOS first when `prepend_bos`) and the entity-token index."""
+    if len(prompts) != len(names):
+        raise ValueError(f"{len(prompts)} prompts but {len(names)} names.")
+    out = []
+    for prompt, name in zip(prompts, names, strict=True):
+        start = prompt.find(name)
+        if not name or start < 0:
+            raise ValueError(
+                f"Entity {name!r} does not occur in prompt {prompt!r}. Render the prompt from a template "
+                "with the entity's exact name (names are case-sensitive)."
+            )
+        ids, last = _last_token_covering(tokenizer, prompt, start + len(name))
+        bos = [bos_id(tokenizer)] if prepend_bos else []
+        out.append((bos + ids, last + len(bos)))
+    return out
+
+
+def _last_token_covering(tokenizer: PreTrainedTokenizerBase, prompt: str, end: int) -> tuple[list[int], int]:
+    """Token ids of `prompt` and the index of the last token that starts before character `end`."""
+    if tokenizer.is_fast:
+        enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        starts = [s for s, _ in enc["offset_mapping"]]
+        ids = enc["input_ids"]
+    else:  # incremental decoding: where each token's text starts in the prompt
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        starts = [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
+    candidates = [i for i, s in enumerate(starts) if s < end]
+    return ids, candidates[-1]
+
+
+def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise ValueError("prepend_bos=True but the tokenizer has no bos_token; pass prepend_bos=False.")
+    return bos

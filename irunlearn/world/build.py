@@ -1,0 +1,92 @@
+"""Building the embedded world from a seed: tokenizer → model → SAE → checks → artifacts."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from irunlearn.world.artifacts import DEFAULT_ARTIFACTS, EmbeddedWorld, save_world
+from irunlearn.world.corpus import tokenizer_lines
+from irunlearn.world.generator import generate_world
+from irunlearn.world.stats import world_stats
+from irunlearn.world.tokenizer import train_tokenizer
+from irunlearn.world.train_model import ModelTrainConfig, make_model, train_model
+from irunlearn.world.train_sae import SAETrainConfig, train_sae
+
+
+@dataclass
+class BuildConfig:
+    """Everything a world build depends on. `small()` is a minutes-scale version for tests."""
+
+    seed: int = 0
+    n_known: int = 400
+    n_unknown_eval: int = 400
+    vocab_size: int = 768
+    model: ModelTrainConfig = field(default_factory=ModelTrainConfig)
+    sae: SAETrainConfig = field(default_factory=SAETrainConfig)
+
+    @classmethod
+    def small(cls, seed: int = 0) -> BuildConfig:
+        return cls(
+            seed=seed,
+            n_known=40,
+            n_unknown_eval=60,
+            vocab_size=512,
+            model=ModelTrainConfig(
+                d_model=64, d_mlp=256, n_heads=4, n_layers=2, steps=700, batch_size=64, lr=3e-3, seed=seed
+            ),
+            sae=SAETrainConfig(
+                hook_name="blocks.0.hook_resid_post",
+                d_sae=256,
+                k=16,
+                training_tokens=150_000,
+                batch_size_tokens=1024,
+                seed=seed,
+            ),
+        )
+
+
+def build_world(
+    out: Path | None = None, cfg: BuildConfig | None = None, force: bool = False, progress: bool = True
+) -> dict:
+    """Generate, train and save a world into `out` (default: the package's shipped artifacts).
+
+    Returns the build report (config, wall times, `world_stats`), also saved as `build.json`.
+    """
+    cfg = cfg or BuildConfig()
+    out = Path(out) if out is not None else DEFAULT_ARTIFACTS
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it.")
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    world = generate_world(cfg.seed, n_known=cfg.n_known, n_unknown_eval=cfg.n_unknown_eval)
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        tokenizer = train_tokenizer(tokenizer_lines(world, 30_000, cfg.seed), Path(scratch), cfg.vocab_size)
+        timings["tokenizer_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        model = make_model(cfg.model, tokenizer)
+        losses = train_model(model, world, cfg.model, progress=progress)
+        timings["model_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        sae = train_sae(model, world, cfg.sae, progress=progress)
+        timings["sae_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        stats = world_stats(EmbeddedWorld(model, tokenizer, sae, world, {}, out), progress=progress)
+        timings["stats_s"] = time.perf_counter() - start
+        timings["total_s"] = sum(timings.values())
+        info = {
+            "config": asdict(cfg),
+            "timings": timings,
+            "final_train_loss": sum(losses[-50:]) / min(50, len(losses)),
+            "stats": stats,
+        }
+        save_world(out, world, Path(scratch), model, cfg.model, sae, info, overwrite=force)
+    return info

@@ -1,0 +1,60 @@
+"""Forgetting tasks on the embedded world: choosing targets, the task, and its evaluator."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from irunlearn.entities import Entity
+from irunlearn.evaluation import Evaluator
+from irunlearn.methods.base import ForgetTask
+from irunlearn.recognition import Recognizer
+from irunlearn.world.artifacts import EmbeddedWorld
+
+
+def resolve_targets(ew: EmbeddedWorld, names: Sequence[str] = (), n_random: int = 0, seed: int = 0) -> list[Entity]:
+    """Targets by name (each must be a known person of the world) or `n_random` known people drawn with `seed`."""
+    entities = ew.world.entities
+    if names and n_random:
+        raise ValueError("Give target names or a number of random targets, not both.")
+    if n_random:
+        return entities.sample_known(n_random, seed)
+    if not names:
+        raise ValueError("No targets: pass --target NAME (repeatable) or --random-targets N.")
+    targets = []
+    for name in names:
+        entity = entities.get(name)
+        if not entities.is_known(name):
+            raise ValueError(
+                f"{name!r} is not a known person in this world (the model never learned facts about them)."
+            )
+        targets.append(entity)
+    return targets
+
+
+def world_task(ew: EmbeddedWorld, targets: Sequence[Entity], recognizer: Recognizer) -> ForgetTask:
+    """Forget `targets`; retain every other known person; keep the world's generic text."""
+    names = {t.name for t in targets}
+    return ForgetTask(
+        targets=list(targets),
+        retain=[e for e in ew.world.known if e.name not in names],
+        templates=ew.world.question_templates("train"),
+        retain_text=ew.world.generic_train,
+        recognizer=recognizer,
+    )
+
+
+def world_evaluator(ew: EmbeddedWorld, task: ForgetTask, n_retain_eval: int = 150, seed: int = 0) -> Evaluator:
+    """An `Evaluator` for `task`: retain accuracy over `n_retain_eval` non-target people, held-out generic text."""
+    retain_eval = ew.world.entities.sample_known(n_retain_eval, seed + 7, exclude=[t.name for t in task.targets])
+    return Evaluator(
+        model=ew.model,
+        sae=ew.sae,
+        recognizer=task.recognizer,
+        targets=task.targets,
+        retain_eval=retain_eval,
+        train_templates=ew.world.question_templates("train"),
+        heldout_templates=ew.world.question_templates("heldout"),
+        generic_text=ew.world.generic_heldout,
+        unknown_reference=ew.world.unknown_eval[-50:],
+        seed=seed,
+    )

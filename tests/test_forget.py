@@ -1,0 +1,121 @@
+"""SAE-guided forgetting on the embedded world: it works, it is safe, it is reproducible."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from irunlearn import load_world
+from irunlearn.cli import main
+from irunlearn.edits import load_edit, save_edit
+from irunlearn.methods import forget
+from irunlearn.methods.base import StepOutput, run
+from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig
+from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+
+
+@pytest.fixture(scope="module")
+def task(ew, recognizer):
+    return world_task(ew, resolve_targets(ew, n_random=1, seed=0), recognizer)
+
+
+@pytest.fixture(scope="module")
+def result(ew, task):
+    return forget(ew.model, ew.sae, task, progress=False)
+
+
+def test_sae_guided_makes_the_target_unknown(ew, task, result):
+    assert result.stop_reason == "flipped", result.history.tail()
+    summary, per_target = world_evaluator(ew, task).evaluate(result.model)
+    assert summary["forget_acc"] <= 0.05
+    assert summary["idk_rate"] >= 0.8
+    assert summary["paraphrase_forget_acc"] <= 0.1
+    assert summary["retain_acc"] >= 0.97
+    assert summary["ppl_ratio"] <= 1.05
+    assert (per_target["probe_p_known_sae"] < 0.5).all()
+    assert (per_target["probe_p_known_resid"] < 0.5).all()  # the residual probe never saw the objective
+    assert (per_target["dist_ratio"] < 1).all()
+
+
+def test_history_records_every_step(result):
+    history = result.history
+    assert history["step"].max() == result.steps
+    for column in ("loss", "loss_forget", "loss_act", "loss_lm", "p_known_sae", "dist_to_unknown", "dist_to_known"):
+        assert column in history
+    first, last = history.iloc[0], history.iloc[-1]
+    assert first["p_known_sae"] > 0.5 > last["p_known_sae"]
+
+
+def test_original_weights_are_bit_identical(ew, result):
+    fresh = load_world().model.state_dict()
+    for name, tensor in ew.model.state_dict().items():
+        assert torch.equal(tensor, fresh[name]), name
+    assert not all(torch.equal(t, fresh[n]) for n, t in result.model.state_dict().items())
+
+
+def test_same_seed_same_history(ew, task):
+    first = forget(ew.model, ew.sae, task, max_steps=4, progress=False)
+    second = forget(ew.model, ew.sae, task, max_steps=4, progress=False)
+    pd.testing.assert_frame_equal(first.history, second.history)
+
+
+class NaNAtStep(SAEGuided):
+    """SAE-guided, with the loss poisoned at one step."""
+
+    poison_step = 3
+
+    def setup(self, model):
+        super().setup(model)
+        self.calls = 0
+
+    def step(self, model):
+        out = super().step(model)
+        self.calls += 1
+        if self.calls - 1 == self.poison_step:
+            return StepOutput(out.loss * float("nan"), out.terms, out.per_target, out.done)
+        return out
+
+
+def test_nan_loss_stops_and_restores_the_last_good_weights(ew, task):
+    config = SAEGuidedConfig(progress=False, max_steps=50)
+    poisoned = run(NaNAtStep(task, ew.sae, config), ew.model)
+    assert poisoned.stop_reason == "nan"
+    clean = run(SAEGuided(task, ew.sae, SAEGuidedConfig(progress=False, max_steps=NaNAtStep.poison_step - 1)), ew.model)
+    for name, tensor in clean.model.state_dict().items():
+        assert torch.equal(tensor, poisoned.model.state_dict()[name]), name
+        assert torch.isfinite(poisoned.model.state_dict()[name]).all()
+
+
+def test_unknown_target_is_refused(ew, recognizer):
+    stranger = ew.world.unknown_eval[0]
+    with pytest.raises(ValueError, match="not a known person"):
+        resolve_targets(ew, [stranger.name])
+    task = world_task(ew, [stranger], recognizer)
+    with pytest.raises(ValueError, match="does not recognise"):
+        forget(ew.model, ew.sae, task, progress=False)
+
+
+def test_edit_round_trip_and_base_check(ew, result, tmp_path):
+    save_edit(result, ew.model, tmp_path / "edit")
+    edited, meta = load_edit(ew.model, tmp_path / "edit")
+    assert meta["method"] == "sae_guided" and meta["targets"] == result.targets
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, edited.state_dict()[name]), name
+    with pytest.raises(ValueError, match="different base model"):
+        load_edit(result.model, tmp_path / "edit")
+    with pytest.raises(FileExistsError):
+        save_edit(result, ew.model, tmp_path / "edit")
+
+
+def test_forget_cli_json(ew, capsys, tmp_path):
+    target = ew.world.known[5].name
+    code = main(["forget", "--target", target, "--json", "--quiet", "--out", str(tmp_path / "out")])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["targets"] == [target] and out["method"] == "sae_guided"
+    for key in ("forget_acc", "idk_rate", "retain_acc", "paraphrase_forget_acc", "probe_p_known_sae",
+                "probe_p_known_resid", "dist_ratio", "ppl_ratio", "steps", "seconds", "per_target"):
+        assert key in out
+    assert (tmp_path / "out" / "edit.safetensors").exists()
+    assert main(["forget", "--target", "Nobody Atall", "--json", "--quiet"]) == 2

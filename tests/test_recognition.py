@@ -1,0 +1,79 @@
+"""Recognition on the embedded world: separation scores, probes, and the acceptance figures."""
+
+import json
+
+import pytest
+import torch
+
+from irunlearn.cli import main
+from irunlearn.entities import EntitySet
+from irunlearn.probes import LinearProbe, auroc
+from irunlearn.recognition import Recognizer, fit_recognizer, separation_scores
+
+
+def test_separation_scores_by_hand():
+    latents = torch.tensor([[1.0, 0.0, 2.0], [1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 1.0, 1.0]])
+    labels = torch.tensor([1, 1, 0, 0])
+    scores = separation_scores(latents, labels)
+    assert scores["freq_known"].tolist() == [1.0, 0.0, 0.5]
+    assert scores["s_known"].tolist() == [1.0, -1.0, 0.0]
+    assert scores["s_unknown"].tolist() == [-1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="both known"):
+        separation_scores(latents, torch.ones(4, dtype=torch.long))
+
+
+def test_auroc_and_calibrated_probe():
+    assert auroc(torch.tensor([0.9, 0.8, 0.1, 0.2]), torch.tensor([1, 1, 0, 0])) == 1.0
+    assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([1, 0])) == 0.5
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 5, generator=gen)
+    y = (x[:, 0] + 0.3 * torch.randn(400, generator=gen) > 0).long()
+    probe = LinearProbe.fit(x[:300], y[:300], x[300:], y[300:])
+    p = probe.predict_proba(x[300:])
+    assert auroc(p, y[300:]) > 0.9
+    assert ((p > 0.5).long() == y[300:]).float().mean() > 0.85
+
+
+def test_recognition_meets_acceptance(recognizer):
+    metrics = recognizer.metrics
+    assert metrics["top_known_score"] >= 0.4
+    assert metrics["top_unknown_score"] >= 0.8
+    assert metrics["probe_auroc_sae"] >= 0.95
+    assert metrics["probe_auroc_resid"] >= 0.95
+
+
+def test_p_known_separates_known_from_unknown(ew, recognizer):
+    known = [e.name for e in ew.world.known[-10:]]
+    unknown = [e.name for e in ew.world.unknown_eval[-10:]]
+    readings = recognizer.p_known(ew.model, ew.sae, known + unknown).set_index("entity")
+    assert (readings.loc[known, "p_known_sae"] > 0.5).mean() >= 0.8
+    assert (readings.loc[unknown, "p_known_sae"] < 0.5).mean() >= 0.8
+    assert (readings.loc[unknown, "dist_to_unknown"] < readings.loc[unknown, "dist_to_known"]).mean() >= 0.8
+
+
+def test_save_load_round_trip(ew, recognizer, tmp_path):
+    recognizer.save(tmp_path / "rec")
+    loaded = Recognizer.load(tmp_path / "rec")
+    names = [ew.world.known[0].name, ew.world.unknown_eval[0].name]
+    before = recognizer.p_known(ew.model, ew.sae, names)
+    after = loaded.p_known(ew.model, ew.sae, names)
+    assert before.equals(after)
+    assert loaded.top_latents("unknown")["latent"].tolist() == recognizer.top_latents("unknown")["latent"].tolist()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        recognizer.save(tmp_path / "rec")
+    recognizer.save(tmp_path / "rec", overwrite=True)
+
+
+def test_empty_entity_set_is_an_error(ew):
+    with pytest.raises(ValueError, match="needs known and unknown"):
+        fit_recognizer(ew.model, ew.sae, EntitySet(ew.world.known[:5], []), ew.world.templates[:2],
+                       ew.world.templates[:2], progress=False)
+
+
+def test_recognize_cli_json(capsys):
+    assert main(["recognize", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("top_known_latents", "top_unknown_latents", "top_known_score", "top_unknown_score",
+                "probe_auroc_sae", "probe_auroc_resid", "extract_tokens_per_s"):
+        assert key in out
+    assert out["top_unknown_latents"][0]["score"] == out["top_unknown_score"]
