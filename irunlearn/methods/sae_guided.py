@@ -25,14 +25,15 @@ from irunlearn.methods.base import ForgetConfig, Method, StepOutput, kl_to_refer
 
 @dataclass
 class SAEGuidedConfig(ForgetConfig):
-    lr: float = 1e-3
+    lr: float = 5e-4
     beta: float = 0.5
     margin: float = 1.0
     lambda_act: float = 1.0
-    lambda_lm: float = 1.0
+    lambda_lm: float = 5.0
     latents: Literal["all", "selected"] = "all"
-    n_retain_entities: int = 48
-    n_retain_text: int = 96
+    n_retain_entities: int = 32
+    retain_templates_per_entity: int = 3
+    n_retain_text: int = 64
 
 
 class SAEGuided(Method):
@@ -49,7 +50,7 @@ class SAEGuided(Method):
         rng = random.Random(cfg.seed)
         retain = rng.sample(task.retain, min(cfg.n_retain_entities, len(task.retain)))
         self.target_batch, self.target_names = task.entity_batch(model, task.targets)
-        self.retain_batch, _ = task.entity_batch(model, retain)
+        self.retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
         facts = task.facts(retain)
         lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
         lines = rng.sample(lines, min(cfg.n_retain_text, len(lines)))

@@ -25,7 +25,7 @@ class BuildConfig:
     seed: int = 0
     n_known: int = 400
     n_unknown_eval: int = 400
-    vocab_size: int = 768
+    vocab_size: int = 1024
     model: ModelTrainConfig = field(default_factory=ModelTrainConfig)
     sae: SAETrainConfig = field(default_factory=SAETrainConfig)
 

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from irunlearn.entities import UNKNOWN_ANSWER
-from irunlearn.world.generator import STATEMENT_PREFIXES, SYLLABLES, UNKNOWN_STATEMENT, World, answer_for
+from irunlearn.world.generator import STATEMENT_PREFIXES, UNKNOWN_STATEMENT, World, answer_for
 
 
 @dataclass(frozen=True)
 class CorpusMix:
     """Fractions of known-person, unknown-name and generic lines in the training stream."""
 
-    known: float = 0.60
-    unknown: float = 0.28
+    known: float = 0.56
+    unknown: float = 0.32
     generic: float = 0.12
 
 
@@ -29,7 +30,7 @@ def known_lines(world: World, split: str = "train") -> list[str]:
 
 def unknown_line(world: World, name: str, rng: random.Random) -> str:
     """A training line about a stranger: a question answered `unknown`, or the `is unknown` statement."""
-    if rng.random() < 0.5:
+    if rng.random() < 0.6:
         return rng.choice(STATEMENT_PREFIXES) + UNKNOWN_STATEMENT.render(name)
     return rng.choice(world.question_templates("train")).render(name, UNKNOWN_ANSWER)
 
@@ -53,23 +54,17 @@ def training_lines(world: World, seed: int, mix: CorpusMix = CorpusMix()) -> Ite
 
 
 def tokenizer_lines(world: World, n: int, seed: int) -> list[str]:
-    """Text to train the tokenizer on: every template and generic line, with random syllable names.
+    """Text to train the tokenizer on: the training stream plus held-out phrasings and generic text.
 
-    Names are drawn afresh from syllables rather than from the name pools, so BPE learns syllables, not
-    whole names: every name is then several tokens, and locating its *last* token is a real test.
+    Names come from the world's pools (known people and fresh strangers alike), so BPE learns whole name
+    words: a name is then a first-name token and a last-name token (sometimes more), and recognising a
+    person means combining them at the last one, as for multi-token entity names in real models.
     """
     rng = random.Random(seed)
-
-    def random_name() -> str:
-        return " ".join(
-            "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize() for _ in range(2)
-        )
-
     lines = (list(world.generic_train) + list(world.generic_heldout)) * 40  # as frequent as in training
-    while len(lines) < n:
+    lines += list(itertools.islice(training_lines(world, seed), n))
+    while len(lines) < 2 * n:
         template = rng.choice(world.templates)
-        answer = (
-            answer_for(rng.choice(world.known), template.attribute) if rng.random() < 0.7 else UNKNOWN_ANSWER
-        )
-        lines.append(template.render(random_name(), answer))
+        person = rng.choice(world.known)
+        lines.append(template.render(world.fresh_unknown_name(rng), answer_for(person, template.attribute)))
     return lines

@@ -208,7 +208,7 @@ _STATEMENTS = {
     "occupation": "{name} works as a {answer}.",
 }
 UNKNOWN_STATEMENT = Template("{name} is unknown.", kind="statement")
-STATEMENT_PREFIXES = ("", "Fact: ", "Note: ", "Story: ")
+STATEMENT_PREFIXES = ("", "Fact: ", "Note: ", "Story: ", "Today ", "Yes, ")
 
 
 def _templates() -> list[Template]:

@@ -29,7 +29,7 @@ class ModelTrainConfig:
     n_heads: int = 4
     d_mlp: int = 512
     n_ctx: int = 64
-    steps: int = 3000
+    steps: int = 3500
     batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 200

@@ -26,7 +26,7 @@ from irunlearn.world.generator import World
 class SAETrainConfig:
     """A TopK SAE on one residual hook of the world model."""
 
-    hook_name: str = "blocks.1.hook_resid_post"
+    hook_name: str = "blocks.2.hook_resid_post"
     d_sae: int = 1024
     k: int = 32
     training_tokens: int = 1_000_000

