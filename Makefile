@@ -20,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(IRUNLEARN) world stats
-	$(IRUNLEARN) recognize
+	$(IRUNLEARN) report --random-targets 1 --seed 0 --methods sae_guided,grad_ascent --out reports/demo --force
 
 test: setup
 	$(PY) -m pytest -q

@@ -11,7 +11,9 @@ import argparse
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
+from tables import markdown
 
 from irunlearn import load_world
 from irunlearn.activations import extract_activations, stop_layer
@@ -61,17 +63,17 @@ def main() -> None:
     entities = (ew.world.known + ew.world.unknown_eval)[: args.n_entities]
     rows = [bench("embedded world", ew.model, ew.hook_name, entities, ew.world.question_templates("train"), True)]
     if args.smollm2:
-        from irunlearn.real.bench import smollm2_bench_inputs
+        from irunlearn.real.fixture import load_smollm2, smollm2_path
+        from irunlearn.real.wikidata import load_entities, question_templates
 
-        inputs = smollm2_bench_inputs()
-        if inputs is None:
+        if smollm2_path() is None:
             print("SmolLM2 fixture absent: run `make real-fixture` first; skipping it.")
         else:
-            rows.append(bench("SmolLM2-135M", *inputs))
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    body = "".join("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()) + " |\n"
-                   for r in rows)
-    table = header + body
+            model = load_smollm2()
+            cities = load_entities("city", n=args.n_entities // 4, seed=0)
+            hook = f"blocks.{model.cfg.n_layers // 2 - 3}.hook_resid_post"
+            rows.append(bench("SmolLM2-135M", model, hook, cities, question_templates("city", "train"), False))
+    table = markdown(pd.DataFrame(rows))
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_extract.md").write_text(f"# Extraction throughput\n\n{torch.get_num_threads()} torch threads, "

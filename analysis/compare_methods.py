@@ -22,7 +22,7 @@ COLUMNS = [
 ]
 
 
-def markdown(table: pd.DataFrame) -> str:
+def mean_std_table(table: pd.DataFrame) -> str:
     """Methods as rows, `mean ± std` cells."""
     lines = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in table.itertuples(index=False):
@@ -45,7 +45,7 @@ def main() -> None:
     text = (
         f"# Method comparison (embedded world)\n\n{args.targets} random known people forgotten together per seed, "
         f"seeds {args.seeds}; mean ± std over seeds. Produced by `python analysis/compare_methods.py`.\n\n"
-        + markdown(table)
+        + mean_std_table(table)
     )
     (RESULTS / "compare_methods.md").write_text(text)
     print(text)

@@ -94,6 +94,34 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     return {"rows": table.to_dict(orient="records"), "runs": runs.to_dict(orient="records")}
 
 
+def cmd_report(args: argparse.Namespace) -> dict:
+    from irunlearn.methods import forget
+    from irunlearn.report import forgetting_report, metrics_table
+    from irunlearn.world.artifacts import load_world
+    from irunlearn.world.recognition import recognize_world
+    from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+
+    ew = load_world(args.path)
+    targets = resolve_targets(ew, args.target or (), 0 if args.target else args.random_targets, args.seed)
+    recognizer, _ = recognize_world(ew, seed=args.seed, progress=not args.quiet)
+    task = world_task(ew, targets, recognizer)
+    evaluator = world_evaluator(ew, task, seed=args.seed)
+    results = [
+        forget(ew.model, ew.sae, task, method=method, seed=args.seed, progress=not args.quiet)
+        for method in args.methods.split(",")
+    ]
+    summaries = [evaluator.evaluate(r.model, genuineness=True)[0] for r in results]
+    metrics = metrics_table(results, summaries)
+    path = forgetting_report(
+        args.out, ew.model, ew.sae, recognizer, results, ew.world.entities, metrics, force=args.force
+    )
+    if not args.json:
+        columns = ["method", "stop_reason", "steps", "seconds", "forget_acc", "paraphrase_forget_acc", "idk_rate",
+                   "retain_acc", "probe_p_known_sae", "probe_p_known_resid", "ppl_ratio", "relearn_acc"]
+        print(metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return {"report": str(path), "rows": metrics.to_dict(orient="records")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="irunlearn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one run per seed")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all registered)")
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+
+    p = command(sub, "report", cmd_report, "forget, evaluate and write a self-contained HTML report")
+    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
+    p.add_argument("--target", action="append", help="a known person's name (repeatable)")
+    p.add_argument("--random-targets", type=int, default=1, help="without --target: N known people drawn with --seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default="sae_guided,grad_ascent", help="comma-separated methods")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return parser
 
 
@@ -148,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileExistsError, FileNotFoundError, RuntimeError) as err:
         print(f"irunlearn: error: {err}", file=sys.stderr)
         return 2
-    _print(result, args.json)
+    if args.json or args.command != "report":
+        _print(result, args.json)
+    else:
+        print(f"report: {result['report']}")
     return 0
 
 

@@ -1,8 +1,6 @@
 """Locating the entity's last token, for any tokenization of the name."""
 
 import pytest
-from transformers import GPT2Tokenizer
-
 from irunlearn.prompts import Template, entity_token_index, entity_token_positions
 
 NAME = "Kalomi Renvisa"
@@ -14,10 +12,9 @@ def tok(ew):
 
 
 def name_tokens(tok, prompt: str, name: str, prepend_bos: bool = False) -> list[str]:
-    """The decoded tokens from the name's first token through the located last token."""
+    """The decoded tokens of the shortest span ending at the located token that still spells the name."""
     ids, last = entity_token_positions(tok, [prompt], [name], prepend_bos)[0]
-    start = prompt.index(name)
-    first = len(tok(prompt[:start], add_special_tokens=False)["input_ids"]) + prepend_bos
+    first = max(i for i in range(last + 1) if name in tok.decode(ids[i : last + 1]))
     return [tok.decode([i]) for i in ids[first : last + 1]]
 
 
@@ -59,13 +56,28 @@ def test_repeated_name_uses_first_occurrence(tok):
     assert entity_token_index(tok, prompt, NAME, prepend_bos=False) == first_only
 
 
-def test_slow_tokenizer_by_incremental_decoding_agrees(tok, tmp_path):
-    # The world's byte-level BPE, loaded as a slow (pure-Python) GPT-2 tokenizer: no offset mapping.
-    tok.backend_tokenizer.model.save(str(tmp_path))
-    slow = GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), bos_token=tok.bos_token)
-    assert not slow.is_fast
-    for prompt in (f"Q: Where was {NAME} born? A:", f"{NAME} plays golf.", f'"{NAME}"'):
-        assert entity_token_index(slow, prompt, NAME, False) == entity_token_index(tok, prompt, NAME, False)
+class WithoutOffsets:
+    """The world's tokenizer seen through the interface of a slow tokenizer: no offset mapping."""
+
+    is_fast = False
+
+    def __init__(self, tok):
+        self._tok = tok
+        self.bos_token_id = tok.bos_token_id
+
+    def __call__(self, text, **kwargs):
+        assert "return_offsets_mapping" not in kwargs
+        return self._tok(text, **kwargs)
+
+    def decode(self, ids):
+        return self._tok.decode(ids)
+
+
+def test_incremental_decoding_agrees_with_offsets(tok):
+    slow = WithoutOffsets(tok)
+    for prompt in (f"Q: Where was {NAME} born? A:", f"{NAME} plays golf.", f'"{NAME}"', f"Q: What is {NAME}'s job?"):
+        for bos in (False, True):
+            assert entity_token_index(slow, prompt, NAME, bos) == entity_token_index(tok, prompt, NAME, bos)
 
 
 def test_template_prefix_and_render():

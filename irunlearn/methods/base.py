@@ -97,6 +97,7 @@ class ForgetConfig:
     train_attn: bool = False
     lora_rank: int | None = None
     max_retain_kl: float = 2.0
+    track_answers: bool = False  # record per-step forget_acc_train (greedy, training templates); not timed
     seed: int = 0
     in_place: bool = False
     progress: bool = True
@@ -195,7 +196,9 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     method.sae.requires_grad_(False)
     method.setup(model)
     records, stop_reason, done_since, step = [], "max_steps", None, 0
-    start = time.perf_counter()
+    task = method.task
+    monitor = AnswerBatch.build(model, task.facts(task.targets), task.prepend_bos) if config.track_answers else None
+    start, monitor_seconds = time.perf_counter(), 0.0
     good = weights.snapshot()
     bar = tqdm(range(config.max_steps), desc=method.name, disable=not config.progress, leave=False)
     for step in bar:
@@ -208,7 +211,11 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
             weights.restore(good)
             stop_reason = "retain_blowup"
             break
-        elapsed = time.perf_counter() - start
+        if monitor is not None and "forget_acc_train" not in out.per_target:
+            tic = time.perf_counter()
+            out.per_target["forget_acc_train"] = out.per_target["target"].map(monitor.forget_acc(model))
+            monitor_seconds += time.perf_counter() - tic
+        elapsed = time.perf_counter() - start - monitor_seconds
         records.append(out.per_target.assign(step=step, seconds=elapsed, loss=out.loss.item(), **out.terms))
         bar.set_postfix(loss=f"{out.loss.item():.3f}")
         if out.done:
@@ -270,6 +277,13 @@ class AnswerBatch:
         """Whether greedy decoding would produce each row's answer exactly (teacher-forced check)."""
         correct = logits[:, :-1].argmax(-1) == self.tokens[:, 1:]
         return (correct | ~self.answer_mask).all(-1)
+
+    def forget_acc(self, model: HookedTransformer, logits: torch.Tensor | None = None) -> pd.Series:
+        """Per entity: fraction of its facts still answered exactly (from `logits` if already computed)."""
+        with torch.no_grad():
+            logits = model(self.tokens, return_type="logits") if logits is None else logits
+            hits = pd.Series(self.greedy_hits(logits).float().numpy(), index=self.entity)
+        return hits.groupby(level=0, sort=False).mean()
 
 
 def kl_to_reference(

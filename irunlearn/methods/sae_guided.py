@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from transformer_lens import HookedTransformer
 
-from irunlearn.activations import sae_hook_name
-from irunlearn.lm import encode_lines
+from irunlearn.activations import EntityBatch, sae_hook_name
+from irunlearn.lm import encode_lines, pad_id
 from irunlearn.methods.base import ForgetConfig, Method, StepOutput, kl_to_reference, latent_readings
 
 
@@ -49,24 +49,28 @@ class SAEGuided(Method):
         self.gap = task.recognizer.centroid_gap
         rng = random.Random(cfg.seed)
         retain = rng.sample(task.retain, min(cfg.n_retain_entities, len(task.retain)))
-        self.target_batch, self.target_names = task.entity_batch(model, task.targets)
-        self.retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
+        target_batch, self.target_names = task.entity_batch(model, task.targets)
+        retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
+        # targets and retain entities go through the model together, once per step, only up to the hook
+        self.entity_rows = EntityBatch.concat([target_batch, retain_batch], pad_id(model.tokenizer))
+        self.n_target_rows = len(target_batch.positions)
         facts = task.facts(retain)
         lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
         lines = rng.sample(lines, min(cfg.n_retain_text, len(lines)))
         lines += rng.sample(task.retain_text, min(cfg.n_retain_text, len(task.retain_text)))
         self.lm_tokens, self.lm_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
         with torch.no_grad():
-            self.retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
+            self.retain_latents = self.sae.encode(self.entity_rows.read(model, self.hook_name)[self.n_target_rows :])
             self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
 
     def step(self, model: HookedTransformer) -> StepOutput:
         cfg, recognizer = self.config, self.task.recognizer
-        resid = self.target_batch.read(model, self.hook_name)
-        latents = self.sae.encode(resid)
+        all_resid = self.entity_rows.read(model, self.hook_name)
+        all_latents = self.sae.encode(all_resid)
+        resid, latents = all_resid[: self.n_target_rows], all_latents[: self.n_target_rows]
+        retain_latents = all_latents[self.n_target_rows :]
         dist_unknown, dist_known = recognizer.distances(latents, self.subset)
         loss_forget = (dist_unknown - cfg.beta * dist_known.clamp(max=cfg.margin)).mean()
-        retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
         loss_act = (retain_latents - self.retain_latents).square().sum(-1).mean() / self.gap
         logits = model(self.lm_tokens, return_type="logits")
         loss_lm = kl_to_reference(logits, self.ref_logprobs, self.lm_mask)

@@ -67,9 +67,7 @@ class Suppression(Method):
             retain = self.retain_loss(model)
             loss = loss + cfg.retain_weight * retain
             terms["loss_retain"] = retain.item()
-        with torch.no_grad():
-            hits = pd.Series(self.forget.greedy_hits(logits).float().numpy(), index=self.forget.entity)
-            forget_acc = hits.groupby(level=0, sort=False).mean()
+        forget_acc = self.forget.forget_acc(model, logits.detach())
         per_target = pd.DataFrame({"target": forget_acc.index, "forget_acc_train": forget_acc.to_numpy()})
         if cfg.track_probe:
             with torch.no_grad():

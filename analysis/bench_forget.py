@@ -1,0 +1,146 @@
+"""What genuine forgetting costs next to suppression: wall time, steps and memory, same targets, one run.
+
+    python analysis/bench_forget.py [--quick]
+
+For every weight-editing method and each target (5 random known people × seeds 0, 1, 2; `--quick`: 1 × 1),
+forgotten one at a time: time and steps to the method's own stop point; time and steps until the target's
+training-template answers are gone (`forget_acc ≤ 0.05`); whether the stop point is *genuine* forgetting
+(`forget_acc ≤ 0.05`, `idk_rate ≥ 0.8`, both probes < 0.5, `retain_acc ≥ 0.97`); peak RSS during the run.
+Then 10 targets forgotten together vs 1 with `sae_guided`. Prints markdown tables and writes them to
+analysis/results/bench_forget.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import torch
+from tables import markdown
+
+from irunlearn import load_world
+from irunlearn.methods import METHODS, forget
+from irunlearn.world.recognition import recognize_world
+from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+
+RESULTS = Path(__file__).parent / "results"
+WEIGHT_EDITING = [name for name, cls in METHODS.items() if not cls.inference_only]
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def first_reached(history: pd.DataFrame, threshold: float = 0.05) -> tuple[float, float]:
+    """(step, seconds) of the first step at which every target's forget_acc_train ≤ threshold."""
+    per_step = history.groupby("step").agg(acc=("forget_acc_train", "max"), seconds=("seconds", "first"))
+    reached = per_step[per_step["acc"] <= threshold]
+    return (float(reached.index[0]), float(reached["seconds"].iloc[0])) if len(reached) else (float("nan"),) * 2
+
+
+def genuine(summary: dict) -> bool:
+    return (
+        summary["forget_acc"] <= 0.05
+        and summary["idk_rate"] >= 0.8
+        and summary["probe_p_known_sae"] < 0.5
+        and summary["probe_p_known_resid"] < 0.5
+        and summary["retain_acc"] >= 0.97
+    )
+
+
+def run_one(ew, recognizer, targets, method: str) -> dict:
+    task = world_task(ew, targets, recognizer)
+    with PeakRSS() as memory:
+        result = forget(ew.model, ew.sae, task, method=method, progress=False, track_answers=True)
+    summary, _ = world_evaluator(ew, task).evaluate(result.model)
+    steps_to_forget, seconds_to_forget = first_reached(result.history)
+    return {
+        "method": method,
+        "targets": len(targets),
+        "stop_reason": result.stop_reason,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "steps_to_forget_acc": steps_to_forget,
+        "seconds_to_forget_acc": seconds_to_forget,
+        "genuine": genuine(summary),
+        "peak_rss_mb": memory.peak / 2**20,
+        **{k: summary[k] for k in ("forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 target, 1 seed, no batch case")
+    args = parser.parse_args()
+    n_targets, seeds = (1, [0]) if args.quick else (5, [0, 1, 2])
+    ew = load_world()
+    recognizer, _ = recognize_world(ew, progress=False)
+    rows = []
+    for seed in seeds:
+        for target in resolve_targets(ew, n_random=n_targets, seed=seed):
+            for method in WEIGHT_EDITING:
+                rows.append(run_one(ew, recognizer, [target], method) | {"seed": seed, "target": target.name})
+                print(f"{target.name:>24} {method:>12}: {rows[-1]['seconds']:.2f} s, {rows[-1]['steps']} steps",
+                      flush=True)
+    runs = pd.DataFrame(rows)
+    table = runs.groupby("method", sort=False).agg(
+        median_seconds=("seconds", "median"),
+        median_steps=("steps", "median"),
+        median_seconds_to_forget_acc=("seconds_to_forget_acc", "median"),
+        median_steps_to_forget_acc=("steps_to_forget_acc", "median"),
+        genuine_rate=("genuine", "mean"),
+        peak_rss_mb=("peak_rss_mb", "max"),
+        retain_acc=("retain_acc", "mean"),
+    )
+    ours = table.loc["sae_guided", "median_seconds"]
+    table["seconds_vs_sae_guided"] = table["median_seconds"] / ours
+    ga = table.loc["grad_ascent", "median_seconds_to_forget_acc"]
+    lines = [
+        "# Forgetting cost (embedded world)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, CPU only. Targets: {n_targets} per seed × seeds {seeds}, "
+        "each forgotten alone. Produced by `python analysis/bench_forget.py" + (" --quick`." if args.quick else "`."),
+        "",
+        markdown(table.reset_index()),
+        f"Genuine forgetting with sae_guided: median {ours:.2f} s to its stop point; grad_ascent needs a median "
+        f"{ga:.2f} s to reach forget_acc ≤ 0.05 → ratio {ours / ga:.2f} (target ≤ 2).",
+        "",
+    ]
+    if not args.quick:
+        many = resolve_targets(ew, n_random=10, seed=0)
+        one = run_one(ew, recognizer, many[:1], "sae_guided")
+        ten = run_one(ew, recognizer, many, "sae_guided")
+        batch = pd.DataFrame([one, ten])[["targets", "stop_reason", "steps", "seconds", "genuine", "forget_acc",
+                                          "idk_rate", "retain_acc", "peak_rss_mb"]]
+        lines += ["## 10 targets together vs 1 (sae_guided)", "", markdown(batch),
+                  f"Ratio: {ten['seconds'] / one['seconds']:.2f} (target ≤ 3).", ""]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / ("bench_forget_quick.md" if args.quick else "bench_forget.md")).write_text(text)
+    runs.to_csv(RESULTS / ("bench_forget_quick_runs.csv" if args.quick else "bench_forget_runs.csv"), index=False)
+
+
+if __name__ == "__main__":
+    main()
