@@ -57,7 +57,8 @@ def test_original_weights_are_bit_identical(ew, result):
 def test_same_seed_same_history(ew, task):
     first = forget(ew.model, ew.sae, task, max_steps=4, progress=False)
     second = forget(ew.model, ew.sae, task, max_steps=4, progress=False)
-    pd.testing.assert_frame_equal(first.history, second.history)
+    # everything but wall time is identical
+    pd.testing.assert_frame_equal(first.history.drop(columns="seconds"), second.history.drop(columns="seconds"))
 
 
 class NaNAtStep(SAEGuided):
@@ -84,7 +85,7 @@ def test_nan_loss_stops_and_restores_the_last_good_weights(ew, task):
     clean = run(SAEGuided(task, ew.sae, SAEGuidedConfig(progress=False, max_steps=NaNAtStep.poison_step - 1)), ew.model)
     for name, tensor in clean.model.state_dict().items():
         assert torch.equal(tensor, poisoned.model.state_dict()[name]), name
-        assert torch.isfinite(poisoned.model.state_dict()[name]).all()
+    assert all(torch.isfinite(p).all() for p in poisoned.model.parameters())
 
 
 def test_unknown_target_is_refused(ew, recognizer):

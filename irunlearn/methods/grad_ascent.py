@@ -12,7 +12,7 @@ from irunlearn.methods.suppression import Suppression, SuppressionConfig
 
 @dataclass
 class GradAscentConfig(SuppressionConfig):
-    lr: float = 1e-3
+    lr: float = 3e-4  # analysis/sweep_baselines.py: forget_acc ≤ 0.05 with the best retain_acc
 
 
 class GradAscent(Suppression):

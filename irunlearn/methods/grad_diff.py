@@ -9,6 +9,7 @@ from irunlearn.methods.grad_ascent import GradAscent, GradAscentConfig
 
 @dataclass
 class GradDiffConfig(GradAscentConfig):
+    lr: float = 3e-3  # analysis/sweep_baselines.py
     retain_weight: float = 1.0
 
 

@@ -13,6 +13,7 @@ from irunlearn.methods.grad_diff import GradDiff, GradDiffConfig
 
 @dataclass
 class NPOConfig(GradDiffConfig):
+    lr: float = 3e-4  # analysis/sweep_baselines.py
     beta: float = 0.1
 
 

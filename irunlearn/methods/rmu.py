@@ -13,9 +13,9 @@ from irunlearn.methods.suppression import Suppression, SuppressionConfig
 
 @dataclass
 class RMUConfig(SuppressionConfig):
-    lr: float = 1e-3
-    steering_coef: float = 4.0  # c, in units of the mean activation norm on the forget tokens
-    retain_weight: float = 1.0
+    lr: float = 3e-4  # analysis/sweep_baselines.py
+    steering_coef: float = 1.0  # c, in units of the mean activation norm on the forget tokens
+    retain_weight: float = 10.0
 
 
 class RMU(Suppression):
@@ -27,14 +27,26 @@ class RMU(Suppression):
         super().setup(model)
         generator = torch.Generator().manual_seed(self.config.seed)
         direction = torch.rand(model.cfg.d_model, generator=generator)
+        # Scramble only what is about the target: its name and what follows. The question words before
+        # the name are shared with every retained person and must stay intact.
+        facts = self.task.facts(self.task.targets)
+        name_start = torch.tensor(
+            [
+                len(model.tokenizer(p[: p.index(e)].rstrip(), add_special_tokens=False)["input_ids"])
+                + self.task.prepend_bos
+                for p, e in zip(facts["prompt"], facts["entity"], strict=True)
+            ]
+        )
+        positions = torch.arange(self.forget.tokens.shape[1])
+        self.forget_positions = self.forget.mask & (positions[None, :] >= name_start[:, None])
         with torch.no_grad():
             forget_acts = forward_to_hook(model, self.forget.tokens, self.hook_name)
-            scale = forget_acts[self.forget.mask].norm(dim=-1).mean()
+            scale = forget_acts[self.forget_positions].norm(dim=-1).mean()
             self.control = self.config.steering_coef * scale * direction / direction.norm()
             self.retain_acts = forward_to_hook(model, self.retain_tokens, self.hook_name)
 
     def forget_loss(self, model: HookedTransformer, logits: torch.Tensor) -> torch.Tensor:
-        acts = forward_to_hook(model, self.forget.tokens, self.hook_name)[self.forget.mask]
+        acts = forward_to_hook(model, self.forget.tokens, self.hook_name)[self.forget_positions]
         return (acts - self.control).square().mean()
 
     def retain_loss(self, model: HookedTransformer) -> torch.Tensor:
