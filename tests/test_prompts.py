@@ -1,6 +1,7 @@
 """Locating the entity's last token, for any tokenization of the name."""
 
 import pytest
+
 from irunlearn.prompts import Template, entity_token_index, entity_token_positions
 
 NAME = "Kalomi Renvisa"
