@@ -35,7 +35,9 @@ def cmd_recognize(args: argparse.Namespace) -> dict:
     from irunlearn.world.recognition import recognize_world
 
     ew = load_world(args.path)
-    recognizer, throughput = recognize_world(ew, top_k=args.top_k, seed=args.seed, progress=not args.quiet)
+    recognizer, throughput = recognize_world(
+        ew, top_k=args.top_k, seed=args.seed, progress=not args.quiet, measure_throughput=True
+    )
     if args.out:
         recognizer.save(args.out)
 

@@ -123,7 +123,7 @@ class UnlearnResult:
     config: ForgetConfig
     targets: list[str]
     stop_reason: str
-    steps: int
+    steps: int  # optimiser updates applied
     seconds: float
     persistent: bool = True  # False for inference-time methods (hooks attached, no weight edit)
     info: dict = field(default_factory=dict)
@@ -195,7 +195,7 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     optimizer = torch.optim.Adam(weights.parameters(), lr=config.lr)
     method.sae.requires_grad_(False)
     method.setup(model)
-    records, stop_reason, done_since, step = [], "max_steps", None, 0
+    records, stop_reason, done_since, updates = [], "max_steps", None, 0
     task = method.task
     monitor = AnswerBatch.build(model, task.facts(task.targets), task.prepend_bos) if config.track_answers else None
     start, monitor_seconds = time.perf_counter(), 0.0
@@ -229,9 +229,10 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
+        updates += 1
     weights.finish()
     model.eval()
-    return (pd.concat(records, ignore_index=True) if records else pd.DataFrame()), stop_reason, step
+    return (pd.concat(records, ignore_index=True) if records else pd.DataFrame()), stop_reason, updates
 
 
 def _seed_everything(seed: int) -> None:

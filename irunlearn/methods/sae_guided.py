@@ -33,7 +33,7 @@ class SAEGuidedConfig(ForgetConfig):
     latents: Literal["all", "selected"] = "all"
     n_retain_entities: int = 32
     retain_templates_per_entity: int = 3
-    n_retain_text: int = 64
+    n_retain_text: int = 32
 
 
 class SAEGuided(Method):
