@@ -124,6 +124,24 @@ def cmd_report(args: argparse.Namespace) -> dict:
     return {"report": str(path), "rows": metrics.to_dict(orient="records")}
 
 
+def cmd_sae_train(args: argparse.Namespace) -> dict:
+    from irunlearn.real.sae import train_real_sae
+
+    if args.model == "smollm2":
+        from irunlearn.real.fixture import load_smollm2
+
+        model = load_smollm2(fetch=True)
+    else:
+        from irunlearn.models import load_model
+
+        model = load_model(args.model)
+    _, figures = train_real_sae(
+        model, args.hook, args.out, training_tokens=args.tokens, d_sae=args.d_sae, k=args.k,
+        overwrite=args.force, progress=not args.quiet,
+    )
+    return figures
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="irunlearn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default="sae_guided,grad_ascent", help="comma-separated methods")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    sae = sub.add_parser("sae", help="SAEs for real models").add_subparsers(dest="sae_command", required=True)
+    p = command(sae, "train", cmd_sae_train, "train a TopK SAE with SAELens's runner on local Wikidata text")
+    p.add_argument("--model", default="smollm2", help="'smollm2' (offline fixture), a local HF folder or GGUF file")
+    p.add_argument("--hook", required=True, help="e.g. blocks.12.hook_resid_post")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokens", type=int, default=1_000_000)
+    p.add_argument("--d-sae", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return parser
 
