@@ -21,6 +21,7 @@ def test_small_world_builds_and_learns(tmp_path, capsys):
     assert stats["known_qa_acc"] >= 0.5, stats
     assert stats["unknown_idk_rate"] >= 0.5, stats
     assert stats["sae_fvu"] < 0.5, stats
-    assert elapsed < 180, f"--small build took {elapsed:.0f} s"
+    # Wall time is reported, not asserted (speed is measured by benchmarks, not timed asserts).
+    print(f"--small world build: {elapsed:.0f} s, timings {report['timings']}")
     ew = load_world(out)  # what was built loads back, checksums and all
     assert len(ew.world.known) == stats["n_known"]

@@ -11,15 +11,20 @@ from transformer_lens import HookedTransformer
 
 
 class LoRA(nn.Module):
-    """`W + A @ B` with rank-`r` factors; B starts at zero so the weight starts unchanged."""
+    """`W + A @ B` with rank-`r` factors; B starts at zero so the weight starts unchanged.
+
+    Weights with more than two dimensions (TransformerLens's per-head `W_Q` etc.) are treated as the
+    matrix of their leading dimensions flattened against the last one.
+    """
 
     def __init__(self, shape: torch.Size, rank: int):
         super().__init__()
-        self.A = nn.Parameter(torch.randn(shape[0], rank) / rank**0.5)
-        self.B = nn.Parameter(torch.zeros(rank, shape[1]))
+        self.shape = shape
+        self.A = nn.Parameter(torch.randn(shape[:-1].numel(), rank) / rank**0.5)
+        self.B = nn.Parameter(torch.zeros(rank, shape[-1]))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.A @ self.B
+        return weight + (self.A @ self.B).reshape(self.shape)
 
 
 class TrainableWeights:
@@ -52,7 +57,7 @@ class TrainableWeights:
         if self.lora:
             for module, name in self.targets:
                 weight = getattr(module, name)
-                if weight.ndim == 2:
+                if weight.ndim >= 2:
                     parametrize.register_parametrization(module, name, LoRA(weight.shape, lora_rank))
         self._params = [p for p in self._all_parameters() if p.requires_grad or not self.lora]
         for p in self._params:

@@ -1,0 +1,55 @@
+"""Each baseline works as a baseline: on one embedded-world target it lowers forget_acc."""
+
+import pytest
+
+from irunlearn.methods import forget
+from irunlearn.methods.base import UnlearnResult
+from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+
+
+@pytest.fixture(scope="module")
+def setting(ew, recognizer):
+    task = world_task(ew, resolve_targets(ew, n_random=1, seed=3), recognizer)
+    evaluator = world_evaluator(ew, task, n_retain_eval=40)
+    before, _ = evaluator.evaluate(ew.model)
+    return task, evaluator, before
+
+
+@pytest.mark.parametrize("method", ["grad_ascent", "grad_diff", "npo", "rmu"])
+def test_weight_editing_baseline_lowers_forget_acc(ew, setting, method):
+    task, evaluator, before = setting
+    result = forget(ew.model, ew.sae, task, method=method, progress=False)
+    assert result.stop_reason == "suppressed", result.history.tail()
+    after, _ = evaluator.evaluate(result.model)
+    assert before["forget_acc"] >= 0.9
+    assert after["forget_acc"] <= 0.05
+
+
+@pytest.mark.xfail(strict=True, reason="sae_steer at its default strength flips the probes at its hook but the "
+                   "model still answers: measured forget_acc 1.0 in analysis/results/compare_methods.md")
+def test_sae_steer_lowers_forget_acc(ew, setting):
+    task, evaluator, before = setting
+    result = forget(ew.model, ew.sae, task, method="sae_steer", progress=False)
+    after, _ = evaluator.evaluate(result.model)
+    assert after["forget_acc"] < before["forget_acc"]
+
+
+def test_sae_steer_is_inference_only(ew, setting):
+    task, evaluator, _ = setting
+    result: UnlearnResult = forget(ew.model, ew.sae, task, method="sae_steer", progress=False)
+    assert not result.persistent and result.steps == 0
+    readings = task.recognizer.p_known(result.model, ew.sae, [t.name for t in task.targets])
+    assert (readings["p_known_sae"] < 0.5).all()  # the hooked model reads the target as unknown at the hook
+    base = {n: p for n, p in ew.model.named_parameters()}
+    assert all((p == base[n]).all() for n, p in result.model.named_parameters())  # no weight changed
+
+
+def test_lora_and_attention_windows_edit_only_what_they_name(ew, setting):
+    task, _, _ = setting
+    result = forget(ew.model, ew.sae, task, max_steps=3, layers=(1,), train_attn=True, lora_rank=4, progress=False)
+    base = dict(ew.model.named_parameters())
+    changed = {n for n, p in result.model.named_parameters() if not (p == base[n]).all()}
+    assert changed and all(n.startswith("blocks.1.") for n in changed), changed
+    assert any(".attn." in n for n in changed) and any(".mlp." in n for n in changed)
+    with pytest.raises(ValueError, match="layers must be"):
+        forget(ew.model, ew.sae, task, layers=(7,), progress=False)
