@@ -22,8 +22,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(IRUNLEARN) report --random-targets 1 --seed 0 --methods sae_guided,grad_ascent --out reports/demo --force
 
+# The SmolLM2 tests (marker `real`) run with `make test-real`: they need the fixture and several minutes.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not real"
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -122,8 +122,10 @@ Top separation scores: known latent {metrics["top_known_score"]:.3f}, unknown la
 
 Targets ({", ".join(t.name for t in result.targets)}) are known cities the probes were not fit on, read as
 known by both probes, and known for more than SmolLM2's default guesses. Each is forgotten on its own; the
-facts a method suppresses are the model's own correct answers. Trainable weights: the MLPs of layers 0–10;
-method settings: `{json.dumps(config.method_overrides)}`; everything in float32.
+facts a method suppresses are the model's own correct answers. Both methods edit the MLPs of the
+{config.layer_window} layers up to the SAE's; method settings: `{json.dumps(config.method_overrides)}`;
+everything in float32. `grad_ascent` runs a fixed number of steps (its stop check wants an end-of-sequence
+token after the answer, which a few-shot prompt never produces).
 `retain_acc`: accuracy on {config.n_retain_eval} other known cities after / before
 (cities not used while editing); `ppl_ratio`: perplexity on {config.n_generic_eval} held-out documentation
 paragraphs after / before; `idk_rate`: fraction of the target's known facts answered like an unknown city
@@ -132,7 +134,9 @@ cities; see `irunlearn.real.evaluation`).
 
 {_table(before_after(runs))}
 
-Mean per entity: {_table(timing.reset_index(), ".1f")}
+Mean per entity:
+
+{_table(timing.reset_index(), ".1f")}
 
 Answers to the three training questions (country | population | elevation), before → after:
 
