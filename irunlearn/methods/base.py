@@ -67,6 +67,12 @@ class ForgetTask:
             columns=["entity", "prompt", "answer"],
         )
 
+    def retain_lines(self, entities: list[Entity], n: int, rng: random.Random) -> list[str]:
+        """Up to `n` fact lines (`prompt answer`) of `entities`, then up to `n` lines of `retain_text`."""
+        facts = self.facts(entities)
+        lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
+        return rng.sample(lines, min(n, len(lines))) + rng.sample(self.retain_text, min(n, len(self.retain_text)))
+
     def entity_batch(
         self, model: HookedTransformer, entities: list[Entity], templates_per_entity: int | None = None, seed: int = 0
     ) -> tuple[EntityBatch, list[str]]:

@@ -54,10 +54,7 @@ class SAEGuided(Method):
         # targets and retain entities go through the model together, once per step, only up to the hook
         self.entity_rows = EntityBatch.concat([target_batch, retain_batch], pad_id(model.tokenizer))
         self.n_target_rows = len(target_batch.positions)
-        facts = task.facts(retain)
-        lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
-        lines = rng.sample(lines, min(cfg.n_retain_text, len(lines)))
-        lines += rng.sample(task.retain_text, min(cfg.n_retain_text, len(task.retain_text)))
+        lines = task.retain_lines(retain, cfg.n_retain_text, rng)
         self.lm_tokens, self.lm_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
         with torch.no_grad():
             self.retain_latents = self.sae.encode(self.entity_rows.read(model, self.hook_name)[self.n_target_rows :])

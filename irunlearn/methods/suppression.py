@@ -43,10 +43,7 @@ class Suppression(Method):
         self.forget = AnswerBatch.build(model, task.facts(task.targets), task.prepend_bos)
         self.target_batch, self.target_names = task.entity_batch(model, task.targets)
         rng = random.Random(cfg.seed)
-        facts = task.facts(task.retain)
-        lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
-        lines = rng.sample(lines, min(cfg.n_retain_text, len(lines)))
-        lines += rng.sample(task.retain_text, min(cfg.n_retain_text, len(task.retain_text)))
+        lines = task.retain_lines(task.retain, cfg.n_retain_text, rng)
         self.retain_tokens, self.retain_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
 
     def forget_loss(self, model: HookedTransformer, logits: Float[torch.Tensor, "batch pos vocab"]) -> torch.Tensor:
