@@ -175,7 +175,8 @@ class RealEvaluator:
         }
 
     def per_target(self, model: HookedTransformer, targets: Sequence[Entity] | None = None) -> pd.DataFrame:
-        """One row per target: forget_acc, paraphrase_forget_acc, idk_rate, p_answer, probe readings."""
+        """One row per target: forget_acc, paraphrase_forget_acc, idk_rate, n_known_facts, the answers to the
+        training questions (joined by " | "), probe readings (p_known, centroid distances) and dist_ratio."""
         names = [t.name for t in (targets if targets is not None else self.targets)]
         questions = self._target_questions[self._target_questions["entity"].isin(names)].reset_index(drop=True)
         if questions.empty:

@@ -53,9 +53,9 @@ TARGET_METRICS = (
 
 
 def _default_overrides() -> dict[str, dict]:
-    # Sized for a 135M model on a laptop CPU (DESIGN §7): both methods edit the MLPs of the six layers up to
-    # the SAE's (`layers` is overridden per run to end at the hook's layer), with small retain batches.
-    # grad_ascent runs a fixed number of steps: its stop check asks for the answer followed by an
+    # Sized for a 135M model on a laptop CPU (DESIGN §7): small retain batches and bounded steps (the layer
+    # window is `RealPipelineConfig.layer_window`). grad_ascent runs a fixed number of steps: its stop check
+    # asks for the answer followed by an
     # end-of-sequence token, which a few-shot prompt never produces, so it would stop at once.
     return {
         "sae_guided": {
