@@ -18,38 +18,26 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tables import markdown
 
-from irunlearn.entities import EntitySet
 from irunlearn.models import load_sae
 from irunlearn.real import fixture, label_entities, load_entities
-from irunlearn.real.pipeline import TARGET_METRICS, RealPipelineConfig, cities_above, label_counts, run_real_pipeline
+from irunlearn.real.pipeline import (
+    TARGET_METRICS,
+    RealPipelineConfig,
+    cities_above,
+    label_cities,
+    label_counts,
+    run_real_pipeline,
+)
 from irunlearn.real.sae import SMOLLM2_SAE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def labelled_cities(model, n_random: int, seed: int, progress: bool) -> tuple[EntitySet, pd.DataFrame]:
-    """Cities of ≥ 1 million plus `n_random` random cities (names once), labelled by the model's answers."""
-    big = cities_above(1e6)
-    names = {c.name for c in big}
-    extra = [c for c in load_entities("city", n=n_random, seed=seed) if c.name not in names]
-    parts = [label_entities(model, big, progress=progress), label_entities(model, extra, progress=progress)]
-    entity_set = EntitySet([e for s, _ in parts for e in s.known], [e for s, _ in parts for e in s.unknown])
-    return entity_set, pd.concat([a for _, a in parts], ignore_index=True)
-
-
-def _table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A Markdown table without extra dependencies."""
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "–" if pd.isna(value) else format(value, floatfmt)
-        return str(value).replace("|", "/")
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows])
+def spread(values: pd.Series) -> str:
+    """`mean (min–max)` with two decimals."""
+    return f"{values.mean():.2f} ({values.min():.2f}–{values.max():.2f})"
 
 
 def before_after(runs: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +55,9 @@ def before_after(runs: pd.DataFrame) -> pd.DataFrame:
         out[short[metric]] = [
             f"{b:.2f} → {a:.2f}" for b, a in zip(runs[f"{metric}_before"], runs[f"{metric}_after"], strict=True)
         ]
-    out["retain_acc"] = runs["retain_acc"].map(lambda v: f"{v:.2f}")
+    out["retain_acc"] = [
+        f"{b:.2f} → {a:.2f}" for b, a in zip(runs["retain_acc_before"], runs["retain_acc_after"], strict=True)
+    ]
     out["ppl_ratio"] = runs["ppl_ratio"].map(lambda v: f"{v:.3f}")
     out["steps"] = runs["steps"]
     out["stop"] = runs["stop_reason"]
@@ -81,6 +71,7 @@ def report(result, sae_figures: dict, kind_counts: pd.DataFrame, config: RealPip
     runs = result.runs
     timing = runs.groupby("method")[["seconds", "cpu_seconds", "steps"]].mean()
     answers = runs[["method", "target", "answers_before", "answers_after"]]
+    strangers = result.unknown_reference
     return f"""# SmolLM2-135M-Instruct, real cities: recognition and forgetting
 
 Written by `analysis/real_smollm2.py` (seed {config.seed}); {wall / 60:.0f} minutes in all on this machine's CPU.
@@ -103,7 +94,7 @@ Known = at least two of an entity's attribute questions answered right, unknown 
 from greedy answers to few-shot questions. Cities: all {len(cities_above(1e6))} cities of ≥ 1 million plus a random
 sample (`city`, below); other kinds: a random sample each.
 
-{_table(kind_counts)}
+{markdown(kind_counts)}
 
 ## Recognition at the last token of the name
 
@@ -124,23 +115,28 @@ Targets ({", ".join(t.name for t in result.targets)}) are known cities the probe
 known by both probes, and known for more than SmolLM2's default guesses. Each is forgotten on its own; the
 facts a method suppresses are the model's own correct answers. Both methods edit the MLPs of the
 {config.layer_window} layers up to the SAE's; method settings: `{json.dumps(config.method_overrides)}`;
-everything in float32. `grad_ascent` runs a fixed number of steps (its stop check wants an end-of-sequence
-token after the answer, which a few-shot prompt never produces).
-`retain_acc`: accuracy on {config.n_retain_eval} other known cities after / before
-(cities not used while editing); `ppl_ratio`: perplexity on {config.n_generic_eval} held-out documentation
-paragraphs after / before; `idk_rate`: fraction of the target's known facts answered like an unknown city
-(a refusal, or the original answer no likelier than after the names of {config.n_unknown_reference} unknown
-cities; see `irunlearn.real.evaluation`).
+everything in float32. Each method stops by its own rule (`sae_guided`: every training context of the
+target reads as unknown to the SAE probe and sits nearer the unknown centroid; `grad_ascent`: greedy
+decoding no longer gives any of the target's training answers, each followed by the newline that ends a
+few-shot answer) or at `max_steps`.
+`retain_acc`: accuracy (against Wikidata) on the training questions of {config.n_retain_eval} other known
+cities, before → after (cities not used while editing); `ppl_ratio`: perplexity on
+{config.n_generic_eval} held-out documentation paragraphs after / before; `idk_rate`: fraction of the
+target's known facts answered like an unknown city (a refusal, or the original answer no likelier than after
+the names of {config.n_unknown_reference} unknown cities; see `irunlearn.real.evaluation`).
 
-{_table(before_after(runs))}
+{markdown(before_after(runs))}
+For scale, the unknown reference cities ({", ".join(strangers["entity"])}) read, on the original model:
+p_known SAE {spread(strangers["p_known_sae"])}, p_known resid {spread(strangers["p_known_resid"])}, dist_ratio
+{spread(strangers["dist_ratio"])}: the levels a genuinely forgotten city should reach.
 
 Mean per entity:
 
-{_table(timing.reset_index(), ".1f")}
+{markdown(timing.reset_index(), ".1f")}
 
 Answers to the three training questions (country | population | elevation), before → after:
 
-{_table(answers)}
+{markdown(answers)}
 """
 
 
@@ -162,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.quiet
     model = fixture.load_smollm2()
     sae = load_sae(path=args.sae)
-    entity_set, answers = labelled_cities(model, args.n_random_cities, args.seed, progress)
+    entity_set, answers = label_cities(model, n_random=args.n_random_cities, seed=args.seed, progress=progress)
     counts = [label_counts(answers)]
     for kind in ("player", "song", "movie"):
         _, kind_answers = label_entities(

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import torch
 from real_fixtures import save_tiny_llama
@@ -23,6 +24,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn import models
 from irunlearn.entities import Entity
+from irunlearn.methods.base import AnswerBatch
 from irunlearn.real import evaluation as real_evaluation
 from irunlearn.real import labelling
 from irunlearn.real.corpus import (
@@ -38,6 +40,7 @@ from irunlearn.real.pipeline import (
     choose_targets,
     cities_above,
     default_answers,
+    label_cities,
     label_counts,
     model_facts,
     recognise,
@@ -255,6 +258,18 @@ def test_scripted_labels(labelled):
     assert target.attributes["population"] == format_population(entity_set.known[0].attributes["population"])
 
 
+def test_label_cities_big_ones_plus_a_sample(tiny, records, monkeypatch, tmp_path):
+    monkeypatch.setattr(labelling, "greedy_generate", scripted_generate)
+    monkeypatch.setattr(labelling, "cache_root", lambda: tmp_path)
+    big = cities_above(100_000)
+    assert big and all(max(float(v) for v in c.attributes["population"].split("; ")) >= 100_000 for c in big)
+    entity_set, answers = label_cities(tiny, min_population=100_000, n_random=10, seed=0, progress=False)
+    names = [e.name for e in entity_set]
+    assert len(names) == len(set(names)) and answers["name"].is_unique
+    assert set(answers.loc[answers["label"] != "discarded", "name"]) == set(names)
+    assert {c.name for c in big} <= set(names) and len(names) > len(big)
+
+
 @pytest.fixture(scope="module")
 def recognizer(tiny, trained, labelled):
     return recognise(tiny, trained[0], labelled[0], seed=0, n_generic_latents=8, progress=False)
@@ -291,6 +306,15 @@ def test_answer_logprob_is_the_teacher_forced_sum(tiny):
     batched = answer_logprob(tiny, [prompt, "Q: Where? A:"], [answer, "Italy"])
     assert torch.allclose(batched[0], expected, atol=1e-4)
     assert torch.allclose(batched[1], answer_logprob(tiny, ["Q: Where? A:"], ["Italy"])[0], atol=1e-4)
+
+
+def test_few_shot_answers_end_at_the_newline(tiny):
+    """A fact line's answer mask covers the answer and what ends it: EOS by default, "\\n" for few-shot."""
+    facts = pd.DataFrame({"entity": ["Lyon"], "prompt": ["Q: In which country is Lyon? A:"], "answer": ["France"]})
+    decode = tiny.tokenizer.decode
+    for end, expected in ((None, " France" + tiny.tokenizer.eos_token), ("\n", " France\n")):
+        batch = AnswerBatch.build(tiny, facts, prepend_bos=False, answer_end=end)
+        assert decode(batch.tokens[0, 1:][batch.answer_mask[0]]) == expected
 
 
 def test_refusals():
@@ -364,7 +388,7 @@ def test_pipeline_forgets_with_both_methods(tiny, trained, labelled, monkeypatch
     runs = result.runs
     assert list(runs["method"]) == ["sae_guided", "sae_guided", "grad_ascent", "grad_ascent"]
     assert list(runs["target"]) == [t.name for t in result.targets] * 2
-    for metric in ("forget_acc", "idk_rate", "probe_p_known_sae", "probe_p_known_resid", "dist_ratio"):
+    for metric in ("forget_acc", "idk_rate", "probe_p_known_sae", "probe_p_known_resid", "dist_ratio", "retain_acc"):
         assert {f"{metric}_before", f"{metric}_after"} <= set(runs.columns)
     assert (runs["probe_p_known_sae_before"] >= 0.5).all()
     assert (runs["seconds"] > 0).all() and (runs["steps"] <= 6).all()
@@ -476,14 +500,14 @@ def test_shipped_sae_reads_smollm2(smollm2):
 
 
 @pytest.mark.real
-def test_smollm2_recognises_famous_cities(smollm2):
-    """On SmolLM2's own labels for cities of a million or more, both probes beat chance on held-out cities."""
+def test_smollm2_recognises_cities(smollm2):
+    """On SmolLM2's own labels (big cities plus a random sample), both probes beat chance on held-out cities
+    and held-out phrasings (measured: residual 0.89, SAE 0.78)."""
     try:
-        big = cities_above(1e6)
+        entity_set, answers = label_cities(smollm2, progress=False)
     except FileNotFoundError as err:
         pytest.skip(str(err))
-    entity_set, _ = labelling.label_entities(smollm2, big, progress=False)
-    sae = models.load_sae(path=SMOLLM2_SAE)
-    recognizer = recognise(smollm2, sae, entity_set, progress=False)
-    assert recognizer.metrics["probe_auroc_resid"] > 0.7, recognizer.metrics
-    assert recognizer.metrics["probe_auroc_sae"] > 0.65, recognizer.metrics
+    assert label_counts(answers).set_index("kind").loc["city", ["known", "unknown"]].tolist() == [157, 102]
+    recognizer = recognise(smollm2, models.load_sae(path=SMOLLM2_SAE), entity_set, progress=False)
+    assert recognizer.metrics["probe_auroc_resid"] > 0.8, recognizer.metrics
+    assert recognizer.metrics["probe_auroc_sae"] > 0.7, recognizer.metrics

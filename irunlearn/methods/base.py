@@ -37,6 +37,8 @@ class ForgetTask:
     `templates` are the attribute questions used both as entity contexts (the prompt up to the name) and,
     with each entity's attributes as answers, as the facts that suppression baselines push down and retain
     terms hold up. `retain_text` is entity-free text whose next-token distribution must not move.
+    `answer_end` is what follows an answer in a fact line: None for the tokenizer's end-of-sequence token
+    (the embedded world's format), "\n" for few-shot prompts, whose answers end at a newline.
     """
 
     targets: list[Entity]
@@ -45,6 +47,7 @@ class ForgetTask:
     retain_text: list[str]
     recognizer: Recognizer
     prepend_bos: bool = True
+    answer_end: str | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -66,6 +69,10 @@ class ForgetTask:
             ],
             columns=["entity", "prompt", "answer"],
         )
+
+    def answer_batch(self, model: HookedTransformer, entities: list[Entity]) -> AnswerBatch:
+        """The fact lines of `entities`, batched with their answer tokens (and `answer_end`) marked."""
+        return AnswerBatch.build(model, self.facts(entities), self.prepend_bos, self.answer_end)
 
     def retain_lines(self, entities: list[Entity], n: int, rng: random.Random) -> list[str]:
         """Up to `n` fact lines (`prompt answer`) of `entities`, then up to `n` lines of `retain_text`."""
@@ -203,7 +210,7 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     method.setup(model)
     records, stop_reason, done_since, updates = [], "max_steps", None, 0
     task = method.task
-    monitor = AnswerBatch.build(model, task.facts(task.targets), task.prepend_bos) if config.track_answers else None
+    monitor = task.answer_batch(model, task.targets) if config.track_answers else None
     start, monitor_seconds = time.perf_counter(), 0.0
     good = weights.snapshot()
     bar = tqdm(range(config.max_steps), desc=method.name, disable=not config.progress, leave=False)
@@ -251,7 +258,10 @@ def _seed_everything(seed: int) -> None:
 
 @dataclass
 class AnswerBatch:
-    """Prompt+answer lines batched, with a mask selecting the answer tokens (and the EOS after them)."""
+    """Prompt+answer lines batched, with a mask selecting the answer tokens and what ends the answer.
+
+    The answer ends with `answer_end` text, or with the end-of-sequence token when it is None.
+    """
 
     tokens: Int[torch.Tensor, "batch pos"]
     mask: Bool[torch.Tensor, "batch pos"]  # real tokens
@@ -259,10 +269,12 @@ class AnswerBatch:
     entity: list[str]
 
     @classmethod
-    def build(cls, model: HookedTransformer, facts: pd.DataFrame, prepend_bos: bool) -> AnswerBatch:
+    def build(
+        cls, model: HookedTransformer, facts: pd.DataFrame, prepend_bos: bool, answer_end: str | None = None
+    ) -> AnswerBatch:
         tokenizer = model.tokenizer
-        lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
-        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, prepend_bos)
+        lines = [f"{p} {a}{answer_end or ''}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
+        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, prepend_bos, append_eos=answer_end is None)
         # The answer starts where the line's tokens stop agreeing with the prompt's own tokens.
         answer_start = []
         for row, prompt in zip(tokens.tolist(), facts["prompt"], strict=True):

@@ -17,7 +17,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import sae_hook_name
 from irunlearn.lm import encode_lines, token_nll
-from irunlearn.methods.base import AnswerBatch, ForgetConfig, Method, StepOutput, latent_readings
+from irunlearn.methods.base import ForgetConfig, Method, StepOutput, latent_readings
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Suppression(Method):
     def setup(self, model: HookedTransformer) -> None:
         task, cfg = self.task, self.config
         self.hook_name = sae_hook_name(self.sae)
-        self.forget = AnswerBatch.build(model, task.facts(task.targets), task.prepend_bos)
+        self.forget = task.answer_batch(model, task.targets)
         self.target_batch, self.target_names = task.entity_batch(model, task.targets)
         rng = random.Random(cfg.seed)
         lines = task.retain_lines(task.retain, cfg.n_retain_text, rng)

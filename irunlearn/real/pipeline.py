@@ -38,6 +38,7 @@ from irunlearn.entities import Entity, EntitySet
 from irunlearn.methods import ForgetTask, forget
 from irunlearn.real.corpus import generic_paragraphs
 from irunlearn.real.evaluation import RealEvaluator
+from irunlearn.real.labelling import label_entities
 from irunlearn.real.wikidata import attributes, load_entities, question_templates, split_values
 from irunlearn.recognition import Recognizer, fit_recognizer
 
@@ -54,9 +55,7 @@ TARGET_METRICS = (
 
 def _default_overrides() -> dict[str, dict]:
     # Sized for a 135M model on a laptop CPU (DESIGN §7): small retain batches and bounded steps (the layer
-    # window is `RealPipelineConfig.layer_window`). grad_ascent runs a fixed number of steps: its stop check
-    # asks for the answer followed by an
-    # end-of-sequence token, which a few-shot prompt never produces, so it would stop at once.
+    # window is `RealPipelineConfig.layer_window`).
     return {
         "sae_guided": {
             "max_steps": 40,
@@ -64,7 +63,7 @@ def _default_overrides() -> dict[str, dict]:
             "retain_templates_per_entity": 1,
             "n_retain_text": 4,
         },
-        "grad_ascent": {"max_steps": 20, "max_forget_acc": -1.0},
+        "grad_ascent": {"max_steps": 20},
     }
 
 
@@ -96,9 +95,12 @@ class RealPipelineResult:
 
     `counts`: known / unknown / discarded per kind. `runs`: one row per (method, target) with
     `<metric>_before` / `<metric>_after` for `TARGET_METRICS`, the target's answers to the training
-    questions before / after, `retain_acc`, `ppl_ratio`, `seconds` (wall time of the optimisation),
+    questions before / after, `retain_acc_before` / `retain_acc_after` (accuracy on the retain-evaluation
+    entities) and their ratio `retain_acc`, `ppl_ratio`, `seconds` (wall time of the optimisation),
     `cpu_seconds` (this process's CPU time over the whole `forget` call), `steps`, `stop_reason`,
-    `converged`. `histories`: each run's per-step history by (method, target).
+    `converged`. `histories`: each run's per-step history by (method, target). `unknown_reference`: what
+    the probes read for the unknown entities `idk_rate` compares with (the level a forgotten target should
+    reach).
     """
 
     counts: pd.DataFrame
@@ -108,6 +110,7 @@ class RealPipelineResult:
     runs: pd.DataFrame
     histories: dict[tuple[str, str], pd.DataFrame]
     baseline: dict
+    unknown_reference: pd.DataFrame  # probe readings of the unknown reference entities, original model
 
 
 def label_counts(answers: pd.DataFrame) -> pd.DataFrame:
@@ -130,6 +133,27 @@ def cities_above(population: float, data_dir: str | Path | None = None) -> list[
         return max((float(v) for v in values if v.replace(".", "", 1).isdigit()), default=0.0)
 
     return [c for c in load_entities("city", data_dir=data_dir) if largest(c) >= population]
+
+
+def label_cities(
+    model: HookedTransformer,
+    min_population: float = 1e6,
+    n_random: int = 100,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[EntitySet, pd.DataFrame]:
+    """Cities of at least `min_population` plus `n_random` random cities, labelled by `model`'s answers.
+
+    The big cities give most of the known ones, the random sample (mostly small towns) most of the unknown
+    ones. Each part is labelled and cached on its own (`label_entities`); a city in both counts once.
+    """
+    big = cities_above(min_population, data_dir)
+    names = {c.name for c in big}
+    extra = [c for c in load_entities("city", n=n_random, seed=seed, data_dir=data_dir) if c.name not in names]
+    parts = [label_entities(model, part, progress=progress) for part in (big, extra) if part]
+    entity_set = EntitySet([e for s, _ in parts for e in s.known], [e for s, _ in parts for e in s.unknown])
+    return entity_set, pd.concat([answers for _, answers in parts], ignore_index=True)
 
 
 def entity_kind(entities: EntitySet) -> str:
@@ -246,6 +270,7 @@ def real_task(
         retain_text=generic_paragraphs("train"),
         recognizer=recognizer,
         prepend_bos=bool(model.cfg.default_prepend_bos),
+        answer_end="\n",  # few-shot answers end at a newline
     )
 
 
@@ -256,16 +281,20 @@ def run_real_pipeline(
     answers: pd.DataFrame,
     config: RealPipelineConfig | None = None,
     progress: bool = True,
+    recognizer: Recognizer | None = None,
+    targets: Sequence[Entity] | None = None,
 ) -> RealPipelineResult:
     """Recognise, choose targets, forget each with every method, evaluate before and after.
 
-    `entities` and `answers` come from `label_entities`.
+    `entities` and `answers` come from `label_entities`. A `recognizer` already fit on them by `recognise`
+    (same seed) is reused instead of fitting a new one; `targets` are forgotten instead of
+    `choose_targets`' pick.
 
     >>> result = run_real_pipeline(model, sae, entity_set, answers)
     >>> result.runs[["method", "target", "forget_acc_before", "forget_acc_after", "seconds"]]
     """
     config = config or RealPipelineConfig()
-    recognizer = recognise(
+    recognizer = recognizer or recognise(
         model,
         sae,
         entities,
@@ -274,7 +303,9 @@ def run_real_pipeline(
         n_generic_latents=config.n_generic_latents,
         progress=progress,
     )
-    targets = choose_targets(model, sae, recognizer, entities, answers, config.n_targets, config.seed)
+    if targets is None:
+        targets = choose_targets(model, sae, recognizer, entities, answers, config.n_targets, config.seed)
+    targets = list(targets)
     rng = random.Random(config.seed)
     others = [e for e in entities.known if e.name not in {t.name for t in targets}]
     rng.shuffle(others)
@@ -292,6 +323,8 @@ def run_real_pipeline(
         generic_eval,
     )
     before = evaluator.per_target(model)
+    strangers = recognizer.p_known(model, sae, [u.name for u in evaluator.unknown_reference])
+    strangers["dist_ratio"] = strangers["dist_to_unknown"] / strangers["dist_to_known"]
     end = stop_layer(sae_hook_name(sae)) or model.cfg.n_layers  # the hook's block, included
     rows, histories = [], {}
     jobs = [(method, target) for method in config.methods for target in targets]
@@ -312,6 +345,8 @@ def run_real_pipeline(
         row |= {
             "answers_before": was["answers"],
             "answers_after": now["answers"],
+            "retain_acc_before": evaluator.baseline["retain_acc_abs"],
+            "retain_acc_after": summary["retain_acc_abs"],
             "retain_acc": summary["retain_acc"],
             "ppl_ratio": summary["ppl_ratio"],
             "seconds": result.seconds,
@@ -330,4 +365,5 @@ def run_real_pipeline(
         runs=pd.DataFrame(rows),
         histories=histories,
         baseline=evaluator.baseline,
+        unknown_reference=strangers,
     )
