@@ -55,7 +55,8 @@ TARGET_METRICS = (
 
 def _default_overrides() -> dict[str, dict]:
     # Sized for a 135M model on a laptop CPU (DESIGN §7): small retain batches and bounded steps (the layer
-    # window is `RealPipelineConfig.layer_window`).
+    # window is `RealPipelineConfig.layer_window`). grad_ascent's rate is the sweep's choice
+    # (analysis/sweep_real_smollm2.py): the one reaching forget_acc ≤ 0.05 with the best retain accuracy.
     return {
         "sae_guided": {
             "max_steps": 40,
@@ -63,7 +64,7 @@ def _default_overrides() -> dict[str, dict]:
             "retain_templates_per_entity": 1,
             "n_retain_text": 4,
         },
-        "grad_ascent": {"max_steps": 20},
+        "grad_ascent": {"lr": 3e-5, "max_steps": 30},
     }
 
 
