@@ -1,5 +1,6 @@
 """SAE-guided forgetting on the embedded world: it works, it is safe, it is reproducible."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -38,10 +39,41 @@ def test_sae_guided_makes_the_target_unknown(ew, task, result):
     assert (per_target["dist_ratio"] < 1).all()
 
 
+def test_five_targets_together_meet_the_method_targets(ew, recognizer):
+    """Seed 1's five people: with the name-token objective alone one of them (Peto Finsavel) kept every answer."""
+    task = world_task(ew, resolve_targets(ew, n_random=5, seed=1), recognizer)
+    result = forget(ew.model, ew.sae, task, seed=1, progress=False)
+    assert result.stop_reason == "flipped", result.history.tail()
+    summary, per_target = world_evaluator(ew, task, seed=1).evaluate(result.model)
+    assert (per_target["forget_acc"] <= 0.05).all(), per_target
+    assert summary["idk_rate"] >= 0.8
+    assert summary["paraphrase_forget_acc"] <= 0.1
+    assert summary["retain_acc"] >= 0.97
+    assert summary["ppl_ratio"] <= 1.05
+    assert (per_target["probe_p_known_sae"] < 0.5).all() and (per_target["probe_p_known_resid"] < 0.5).all()
+
+
+def test_without_unknown_references_the_context_term_is_skipped_with_a_warning(ew, task):
+    bare = dataclasses.replace(task, unknown=[])
+    with pytest.warns(UserWarning, match="without its context term"):
+        result = forget(ew.model, ew.sae, bare, max_steps=2, progress=False)
+    assert "loss_context" not in result.history
+
+
 def test_history_records_every_step(result):
     history = result.history
     assert history["step"].max() == result.steps
-    for column in ("loss", "loss_forget", "loss_act", "loss_lm", "p_known_sae", "dist_to_unknown", "dist_to_known"):
+    for column in (
+        "loss",
+        "loss_forget",
+        "loss_context",
+        "loss_act",
+        "loss_lm",
+        "p_known_sae",
+        "dist_to_unknown",
+        "dist_to_known",
+        "question_flipped",
+    ):
         assert column in history
     first, last = history.iloc[0], history.iloc[-1]
     assert first["p_known_sae"] > 0.5 > last["p_known_sae"]
@@ -115,8 +147,19 @@ def test_forget_cli_json(ew, capsys, tmp_path):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["targets"] == [target] and out["method"] == "sae_guided"
-    for key in ("forget_acc", "idk_rate", "retain_acc", "paraphrase_forget_acc", "probe_p_known_sae",
-                "probe_p_known_resid", "dist_ratio", "ppl_ratio", "steps", "seconds", "per_target"):
+    for key in (
+        "forget_acc",
+        "idk_rate",
+        "retain_acc",
+        "paraphrase_forget_acc",
+        "probe_p_known_sae",
+        "probe_p_known_resid",
+        "dist_ratio",
+        "ppl_ratio",
+        "steps",
+        "seconds",
+        "per_target",
+    ):
         assert key in out
     assert (tmp_path / "out" / "edit.safetensors").exists()
     assert main(["forget", "--target", "Nobody Atall", "--json", "--quiet"]) == 2

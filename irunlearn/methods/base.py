@@ -39,6 +39,8 @@ class ForgetTask:
     terms hold up. `retain_text` is entity-free text whose next-token distribution must not move.
     `answer_end` is what follows an answer in a fact line: None for the tokenizer's end-of-sequence token
     (the embedded world's format), "\n" for few-shot prompts, whose answers end at a newline.
+    `unknown` are entities the model has never heard of: what a stranger's question looks like inside the
+    model (sae_guided's reference for the question tokens after the name).
     """
 
     targets: list[Entity]
@@ -48,6 +50,7 @@ class ForgetTask:
     recognizer: Recognizer
     prepend_bos: bool = True
     answer_end: str | None = None
+    unknown: list[Entity] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.targets:

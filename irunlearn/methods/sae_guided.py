@@ -1,39 +1,94 @@
 """SAE-guided forgetting (ours, arXiv 2509.15631): make the target's latents look like an unknown's.
 
-    L_forget = mean_{t,τ} [ d(z_t, μ_U) − β · min(d(z_t, μ_K), m) ]
-    L_act    = mean_{r,τ} ‖z_r(θ) − z_r(θ₀)‖² / ‖μ_U − μ_K‖²
-    L_lm     = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
-    L        = L_forget + λ_act · L_act + λ_lm · L_lm
+    L_forget  = mean_{t,τ} max(0, d(z_t, μ_U) − d(z_t, μ_K) + δ_name)         at the name's last token
+    L_context = mean_{t,τ} max(0, d_τ(q_t, Q_U) − d_τ(q_t, Q_K) + δ_q)        at the question's tokens
+    L_act     = mean_{r,τ} ‖z_r(θ) − z_r(θ₀)‖² / ‖μ_U − μ_K‖²
+    L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
+    L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm
 
-Stops once every target in every training context reads as unknown to the SAE probe (p < 0.5) and sits
-closer to μ_U than to μ_K, then runs `extra_steps` more for margin (DESIGN §4).
+`objective="pull_push"` gives DESIGN §4's first L_forget, d(z_t, μ_U) − β · min(d(z_t, μ_K), m), which keeps
+pulling every target after it has flipped; the margin (hinge) form stops pulling a (target, template) once
+it is δ past the midpoint, so the remaining ones get the gradient and the flipped ones stop drifting the model.
+
+Why the context term: in the embedded world the question tokens after the name have already read the
+person's facts from the name at layer 1 (attention reads the name's layer-0 state), so moving only the name
+token's latents at the SAE's hook can leave the answers intact. `q_t` are the latents at every question
+token after the name; `Q_U`, `Q_K` their per-template means over unknown and known people; `d_τ` the squared
+distance summed over those tokens, divided by ‖Q_U − Q_K‖². Its gradient reaches the weights only through
+the name's own tokens (MLP outputs at the question tokens are detached), so the shared question words are not
+edited. Retain entities that share a name word with a target come first in the retain sample.
+
+Stops once, for every target and training template, the SAE probe reads unknown (p < 0.5) at the name
+token, the name token sits closer to μ_U than to μ_K and the question tokens closer to Q_U than to Q_K; then
+runs `extra_steps` more (DESIGN §4).
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
+import pandas as pd
 import torch
+from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
-from irunlearn.activations import EntityBatch, sae_hook_name
+from irunlearn.activations import EntityBatch, forward_to_hook, sae_hook_name, stop_layer
+from irunlearn.entities import Entity
 from irunlearn.lm import encode_lines, pad_id
-from irunlearn.methods.base import ForgetConfig, Method, StepOutput, kl_to_reference, latent_readings
+from irunlearn.methods.base import ForgetConfig, ForgetTask, Method, StepOutput, kl_to_reference, latent_readings
+from irunlearn.prompts import entity_token_positions
 
 
 @dataclass
 class SAEGuidedConfig(ForgetConfig):
     lr: float = 5e-4
-    beta: float = 0.5
-    margin: float = 1.0
+    beta: float = 0.5  # pull_push only
+    margin: float = 1.0  # pull_push only: m
     lambda_act: float = 1.0
     lambda_lm: float = 5.0
     latents: Literal["all", "selected"] = "all"
     n_retain_entities: int = 32
     retain_templates_per_entity: int = 3
     n_retain_text: int = 32
+    objective: Literal["margin", "pull_push"] = "margin"  # L_forget: hinge with `name_margin`, or β / m
+    name_margin: float = 0.5  # δ_name: a name token stops being pushed once this much closer to μ_U than μ_K
+    context: bool = True  # L_context on the question tokens after the name (needs ForgetTask.unknown)
+    question_margin: float = 0.2  # δ_q, the same for the question tokens (Q_U, Q_K)
+    n_reference: int = 16  # unknown and known people whose questions give Q_U and Q_K
+
+
+@dataclass
+class QuestionBatch:
+    """Whole questions (every template) about some entities, with the tokens after the name located.
+
+    One row per (entity, template). `rows`, `cols` index every question token after the name; `keys` say
+    which (template, distance from the end) it is, so the same token of the same question lines up
+    across entities.
+    """
+
+    names: EntityBatch  # whole questions, right-padded; positions: the name's last token
+    rows: Int[torch.Tensor, " n"]
+    cols: Int[torch.Tensor, " n"]
+    keys: Int[torch.Tensor, " n"]
+
+    @classmethod
+    def build(cls, model: HookedTransformer, task: ForgetTask, entities: list[Entity]) -> QuestionBatch:
+        prompts = [t.render(e.name) for e in entities for t in task.templates]
+        names = [e.name for e in entities for _ in task.templates]
+        located = entity_token_positions(model.tokenizer, prompts, names, task.prepend_bos)
+        width = max(len(ids) for ids, _ in located)
+        tokens = torch.tensor([ids + [pad_id(model.tokenizer)] * (width - len(ids)) for ids, _ in located])
+        rows, cols, keys = torch.tensor(
+            [
+                (row, col, (row % len(task.templates)) * model.cfg.n_ctx + len(ids) - col)
+                for row, (ids, name_pos) in enumerate(located)
+                for col in range(name_pos + 1, len(ids))
+            ]
+        ).T
+        return cls(EntityBatch(tokens, torch.tensor([pos for _, pos in located])), rows, cols, keys)
 
 
 class SAEGuided(Method):
@@ -48,41 +103,128 @@ class SAEGuided(Method):
         self.subset = task.recognizer.selected_latents if cfg.latents == "selected" else None
         self.gap = task.recognizer.centroid_gap
         rng = random.Random(cfg.seed)
-        retain = rng.sample(task.retain, min(cfg.n_retain_entities, len(task.retain)))
-        target_batch, self.target_names = task.entity_batch(model, task.targets)
+        retain = _retain_sample(task, cfg.n_retain_entities, rng)
+        self.target_names = [e.name for e in task.targets for _ in task.templates]
+        self.questions = QuestionBatch.build(model, task, task.targets)
         retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
-        # targets and retain entities go through the model together, once per step, only up to the hook
-        self.entity_rows = EntityBatch.concat([target_batch, retain_batch], pad_id(model.tokenizer))
-        self.n_target_rows = len(target_batch.positions)
+        # targets (whole questions) and retain entities (cut after the name) go through the model together
+        self.entity_rows = EntityBatch.concat([self.questions.names, retain_batch], pad_id(model.tokenizer))
+        self.n_target_rows = len(self.questions.names.positions)
+        self.use_context = cfg.context and bool(task.unknown)
+        if cfg.context and not task.unknown:
+            warnings.warn("ForgetTask.unknown is empty: sae_guided runs without its context term.", stacklevel=2)
         lines = task.retain_lines(retain, cfg.n_retain_text, rng)
         self.lm_tokens, self.lm_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
         with torch.no_grad():
             self.retain_latents = self.sae.encode(self.entity_rows.read(model, self.hook_name)[self.n_target_rows :])
             self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
+            if self.use_context:
+                self._setup_context(model, rng)
+
+    def _setup_context(self, model: HookedTransformer, rng: random.Random) -> None:
+        """Q_U and Q_K per target question token, and hooks confining the context term to the name tokens."""
+        task, n = self.task, self.config.n_reference
+        keys, q_unknown = self._question_means(model, rng.sample(task.unknown, min(n, len(task.unknown))))
+        known_keys, q_known = self._question_means(model, rng.sample(task.retain, min(n, len(task.retain))))
+        if not torch.equal(keys, known_keys):
+            raise ValueError("Unknown and known people's questions do not line up token by token.")
+        slot = torch.searchsorted(keys, self.questions.keys.contiguous())
+        self.q_unknown, self.q_known = q_unknown[slot], q_known[slot]
+        self.question_gap = _per_row(self.questions.rows, (self.q_unknown - self.q_known).square().sum(-1))
+        # the context term may change the model only through the name's tokens, not the shared question words
+        question_tokens = torch.zeros_like(self.entity_rows.tokens, dtype=torch.bool)
+        question_tokens[self.questions.rows, self.questions.cols] = True
+        self.detach_hooks = [
+            (f"blocks.{layer}.hook_mlp_out", _detached_at(question_tokens))
+            for layer in range(stop_layer(self.hook_name) or model.cfg.n_layers)
+        ]
+
+    def _question_means(
+        self, model: HookedTransformer, people: list[Entity]
+    ) -> tuple[Int[torch.Tensor, " k"], Float[torch.Tensor, "k d_sae"]]:
+        """Mean latents per (template, question token) over `people`'s questions, and those keys."""
+        batch = QuestionBatch.build(model, self.task, people)
+        latents = self.sae.encode(forward_to_hook(model, batch.names.tokens, self.hook_name)[batch.rows, batch.cols])
+        keys, slot = batch.keys.unique(return_inverse=True)
+        sums = torch.zeros(len(keys), latents.shape[1]).index_add_(0, slot, latents)
+        return keys, sums / torch.bincount(slot)[:, None]
 
     def step(self, model: HookedTransformer) -> StepOutput:
         cfg, recognizer = self.config, self.task.recognizer
-        all_resid = self.entity_rows.read(model, self.hook_name)
+        with model.hooks(fwd_hooks=self.detach_hooks if self.use_context else []):
+            acts = forward_to_hook(model, self.entity_rows.tokens, self.hook_name)
+        all_resid = acts[torch.arange(len(self.entity_rows.positions)), self.entity_rows.positions]
         all_latents = self.sae.encode(all_resid)
         resid, latents = all_resid[: self.n_target_rows], all_latents[: self.n_target_rows]
         retain_latents = all_latents[self.n_target_rows :]
         dist_unknown, dist_known = recognizer.distances(latents, self.subset)
-        loss_forget = (dist_unknown - cfg.beta * dist_known.clamp(max=cfg.margin)).mean()
+        if cfg.objective == "margin":
+            loss_forget = _hinge(dist_unknown, dist_known, cfg.name_margin)
+        else:
+            loss_forget = (dist_unknown - cfg.beta * dist_known.clamp(max=cfg.margin)).mean()
         loss_act = (retain_latents - self.retain_latents).square().sum(-1).mean() / self.gap
         logits = model(self.lm_tokens, return_type="logits")
         loss_lm = kl_to_reference(logits, self.ref_logprobs, self.lm_mask)
         loss = loss_forget + cfg.lambda_act * loss_act + cfg.lambda_lm * loss_lm
+        per_target = latent_readings(recognizer, latents, resid, self.target_names)
         with torch.no_grad():
             p_known = recognizer.sae_probe.predict_proba(latents)
-            done = bool(((p_known < 0.5) & (dist_unknown < dist_known)).all())
+            flipped = (p_known < 0.5) & (dist_unknown < dist_known)
+        terms = {"loss_forget": loss_forget.item(), "loss_act": loss_act.item(), "loss_lm": loss_lm.item()}
+        if self.use_context:
+            questions = self.sae.encode(acts[self.questions.rows, self.questions.cols])
+            q_dist_unknown, q_dist_known = self._question_distances(questions)
+            loss_context = _hinge(q_dist_unknown, q_dist_known, cfg.question_margin)
+            loss = loss + loss_context
+            terms["loss_context"] = loss_context.item()
+            with torch.no_grad():
+                question_flipped = q_dist_unknown < q_dist_known
+            per_target["question_flipped"] = (
+                pd.Series(question_flipped.float().numpy()).groupby(self.target_names, sort=False).mean().to_numpy()
+            )
+            flipped &= question_flipped
         return StepOutput(
             loss=loss,
-            terms={
-                "loss_forget": loss_forget.item(),
-                "loss_act": loss_act.item(),
-                "loss_lm": loss_lm.item(),
-                "retain_kl": loss_lm.item(),
-            },
-            per_target=latent_readings(recognizer, latents, resid, self.target_names),
-            done=done,
+            terms=terms | {"retain_kl": loss_lm.item()},
+            per_target=per_target,
+            done=bool(flipped.all()),
         )
+
+    def _question_distances(
+        self, q: Float[torch.Tensor, "n d_sae"]
+    ) -> tuple[Float[torch.Tensor, " rows"], Float[torch.Tensor, " rows"]]:
+        """Per target question: `(d_τ(q, Q_U), d_τ(q, Q_K))` over its tokens after the name."""
+        rows = self.questions.rows
+        return (
+            _per_row(rows, (q - self.q_unknown).square().sum(-1)) / self.question_gap,
+            _per_row(rows, (q - self.q_known).square().sum(-1)) / self.question_gap,
+        )
+
+
+def _hinge(dist_unknown: torch.Tensor, dist_known: torch.Tensor, margin: float) -> Float[torch.Tensor, ""]:
+    """mean max(0, d_U − d_K + δ): only rows not yet `margin` closer to the unknown centroid pull."""
+    return (dist_unknown - dist_known + margin).clamp(min=0).mean()
+
+
+def _per_row(rows: Int[torch.Tensor, " n"], values: Float[torch.Tensor, " n"]) -> Float[torch.Tensor, " rows"]:
+    """Sum of `values` per row index."""
+    return torch.zeros(int(rows.max()) + 1).index_add(0, rows, values)
+
+
+def _detached_at(mask: torch.Tensor):
+    """A hook that keeps an activation's value but cuts its gradient where `mask` [batch, pos] is set."""
+
+    def hook(activation: torch.Tensor, hook) -> torch.Tensor:
+        return torch.where(mask[..., None], activation.detach(), activation)
+
+    return hook
+
+
+def _retain_sample(task: ForgetTask, n: int, rng: random.Random) -> list[Entity]:
+    """`n` retain entities: those sharing a name word with a target first (an edit of the target's name
+    tokens reaches them most easily), then others at random."""
+    words = {word for target in task.targets for word in target.name.split()}
+    near = [e for e in task.retain if words & set(e.name.split())]
+    far = [e for e in task.retain if not words & set(e.name.split())]
+    rng.shuffle(near)
+    return near[:n] + rng.sample(far, max(0, min(n - len(near), len(far))))

@@ -10,6 +10,8 @@ from irunlearn.methods.base import ForgetTask
 from irunlearn.recognition import Recognizer
 from irunlearn.world.artifacts import EmbeddedWorld
 
+N_UNKNOWN_EVAL = 50  # the last unknown names are the evaluator's strangers; the task's references come before
+
 
 def resolve_targets(ew: EmbeddedWorld, names: Sequence[str] = (), n_random: int = 0, seed: int = 0) -> list[Entity]:
     """Targets by name (each must be a known person of the world) or `n_random` known people drawn with `seed`."""
@@ -32,7 +34,10 @@ def resolve_targets(ew: EmbeddedWorld, names: Sequence[str] = (), n_random: int 
 
 
 def world_task(ew: EmbeddedWorld, targets: Sequence[Entity], recognizer: Recognizer) -> ForgetTask:
-    """Forget `targets`; retain every other known person; keep the world's generic text."""
+    """Forget `targets`; retain every other known person; keep the world's generic text.
+
+    The unknown names not kept for evaluation are the task's reference strangers (`ForgetTask.unknown`).
+    """
     names = {t.name for t in targets}
     return ForgetTask(
         targets=list(targets),
@@ -40,6 +45,7 @@ def world_task(ew: EmbeddedWorld, targets: Sequence[Entity], recognizer: Recogni
         templates=ew.world.question_templates("train"),
         retain_text=ew.world.generic_train,
         recognizer=recognizer,
+        unknown=ew.world.unknown_eval[:-N_UNKNOWN_EVAL],
     )
 
 
@@ -55,6 +61,6 @@ def world_evaluator(ew: EmbeddedWorld, task: ForgetTask, n_retain_eval: int = 15
         train_templates=ew.world.question_templates("train"),
         heldout_templates=ew.world.question_templates("heldout"),
         generic_text=ew.world.generic_heldout,
-        unknown_reference=ew.world.unknown_eval[-50:],
+        unknown_reference=ew.world.unknown_eval[-N_UNKNOWN_EVAL:],
         seed=seed,
     )
