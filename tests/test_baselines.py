@@ -25,13 +25,22 @@ def test_weight_editing_baseline_lowers_forget_acc(ew, setting, method):
     assert after["forget_acc"] <= 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="sae_steer at its default strength flips the probes at its hook but the "
-                   "model still answers: measured forget_acc 1.0 in analysis/results/compare_methods.md")
 def test_sae_steer_lowers_forget_acc(ew, setting):
     task, evaluator, before = setting
     result = forget(ew.model, ew.sae, task, method="sae_steer", progress=False)
     after, _ = evaluator.evaluate(result.model)
-    assert after["forget_acc"] < before["forget_acc"]
+    assert before["forget_acc"] >= 0.9
+    assert after["forget_acc"] <= 0.05
+    assert after["retain_acc"] == 1.0  # the hooks only fire in texts that name the target
+
+
+def test_sae_steer_at_the_name_tokens_only_changes_no_answer(ew, setting):
+    """By the SAE's layer the question tokens already hold the facts: steering the name alone is not enough."""
+    task, evaluator, before = setting
+    result = forget(ew.model, ew.sae, task, method="sae_steer", positions="name", progress=False)
+    after, _ = evaluator.evaluate(result.model)
+    assert after["forget_acc"] == before["forget_acc"]
+    assert after["probe_p_known_sae"] < 0.5  # while the probe at the hook reads the target as unknown
 
 
 def test_sae_steer_is_inference_only(ew, setting):

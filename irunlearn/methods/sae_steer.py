@@ -1,5 +1,10 @@
-"""SAE steering: no weight edit. At inference, wherever a target's name appears, clamp the known latents
-to zero (Farrell et al.) and add the top unknown latent's decoder direction (Ferrando et al.).
+"""SAE steering: no weight edit. At inference, in any text that names a target, from the name's first token
+to the end of the text, clamp the known latents to `clamp_value` (Farrell et al. clamp them negative) and
+add the top unknown latent's decoder direction (Ferrando et al.).
+
+Why every position from the name onward: in the embedded world the question tokens after the name have
+read the person's facts by layer 1, so at the SAE's hook (layer 2) steering the name tokens alone changes the
+probe's reading but not one answer (`positions="name"`, the first version, kept for that contrast).
 
 Shown for contrast: the model itself still knows the target (remove the hooks and it answers again), so
 the result is marked `persistent=False` and cannot be saved as an edit.
@@ -8,6 +13,7 @@ the result is marked `persistent=False` and cannot be saved as an edit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformer_lens import HookedTransformer
@@ -18,8 +24,10 @@ from irunlearn.methods.base import ForgetConfig, Method
 
 @dataclass
 class SAESteerConfig(ForgetConfig):
-    steer_coef: float = 1.0  # multiples of the mean norm of unknown-centroid reconstructions
+    steer_coef: float = 4.0  # multiples of the norm of the unknown centroid's reconstruction
     clamp_known: bool = True
+    clamp_value: float = 0.0  # what the known latents are set to (negative: pushed past "absent")
+    positions: Literal["name", "from_name"] = "from_name"
 
 
 def _name_variants(model: HookedTransformer, name: str) -> list[list[int]]:
@@ -36,14 +44,14 @@ class SAESteer(Method):
 
     def attach(self, model: HookedTransformer) -> None:
         """Add the permanent hooks to `model` (a copy made by the caller)."""
-        recognizer, sae = self.task.recognizer, self.sae
+        cfg, recognizer, sae = self.config, self.task.recognizer, self.sae
         hook_name = sae_hook_name(sae)
         known = torch.tensor(recognizer.top_latents("known")["latent"].tolist())
         unknown = int(recognizer.top_latents("unknown")["latent"].iloc[0])
         with torch.no_grad():
             direction = sae.W_dec[unknown] / sae.W_dec[unknown].norm()
             scale = sae.decode(recognizer.mu_unknown[None])[0].norm()
-        push = self.config.steer_coef * scale * direction
+        push = cfg.steer_coef * scale * direction
         patterns = [ids for target in self.task.targets for ids in _name_variants(model, target.name)]
         seen: dict[str, torch.Tensor] = {}
 
@@ -52,12 +60,14 @@ class SAESteer(Method):
 
         def steer(resid: torch.Tensor, hook) -> torch.Tensor:
             mask = _pattern_positions(seen["tokens"], patterns)
+            if cfg.positions == "from_name":
+                mask = mask.int().cummax(dim=1).values.bool()
             if not mask.any():
                 return resid
             picked = resid[mask]
-            if self.config.clamp_known:
+            if cfg.clamp_known:
                 latents = sae.encode(picked)
-                picked = picked - latents[:, known] @ sae.W_dec[known]
+                picked = picked + (cfg.clamp_value - latents[:, known]) @ sae.W_dec[known]
             resid = resid.clone()
             resid[mask] = picked + push
             return resid
