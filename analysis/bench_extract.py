@@ -81,8 +81,9 @@ def main() -> None:
     table = markdown(pd.DataFrame(rows))
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_extract.md").write_text(f"# Extraction throughput\n\n{torch.get_num_threads()} torch threads, "
-                                              f"CPU.\n\n{table}")
+    (RESULTS / "bench_extract.md").write_text(
+        f"# Extraction throughput\n\n{torch.get_num_threads()} torch threads, CPU.\n\n{table}"
+    )
 
 
 if __name__ == "__main__":

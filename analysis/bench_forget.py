@@ -100,8 +100,10 @@ def main() -> None:
         for target in resolve_targets(ew, n_random=n_targets, seed=seed):
             for method in WEIGHT_EDITING:
                 rows.append(run_one(ew, recognizer, [target], method) | {"seed": seed, "target": target.name})
-                print(f"{target.name:>24} {method:>12}: {rows[-1]['seconds']:.2f} s, {rows[-1]['steps']} steps",
-                      flush=True)
+                print(
+                    f"{target.name:>24} {method:>12}: {rows[-1]['seconds']:.2f} s, {rows[-1]['steps']} steps",
+                    flush=True,
+                )
     runs = pd.DataFrame(rows)
     table = runs.groupby("method", sort=False).agg(
         median_seconds=("seconds", "median"),
@@ -131,10 +133,26 @@ def main() -> None:
         many = resolve_targets(ew, n_random=10, seed=0)
         one = run_one(ew, recognizer, many[:1], "sae_guided")
         ten = run_one(ew, recognizer, many, "sae_guided")
-        batch = pd.DataFrame([one, ten])[["targets", "stop_reason", "steps", "seconds", "genuine", "forget_acc",
-                                          "idk_rate", "retain_acc", "peak_rss_mb"]]
-        lines += ["## 10 targets together vs 1 (sae_guided)", "", markdown(batch),
-                  f"Ratio: {ten['seconds'] / one['seconds']:.2f} (target ≤ 3).", ""]
+        batch = pd.DataFrame([one, ten])[
+            [
+                "targets",
+                "stop_reason",
+                "steps",
+                "seconds",
+                "genuine",
+                "forget_acc",
+                "idk_rate",
+                "retain_acc",
+                "peak_rss_mb",
+            ]
+        ]
+        lines += [
+            "## 10 targets together vs 1 (sae_guided)",
+            "",
+            markdown(batch),
+            f"Ratio: {ten['seconds'] / one['seconds']:.2f} (target ≤ 3).",
+            "",
+        ]
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -16,9 +16,22 @@ from irunlearn.world.comparison import compare_world
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = [
-    "forget_acc", "paraphrase_forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid",
-    "dist_ratio", "indistinguishability", "indistinguishability_resid", "ppl_ratio", "generation_health",
-    "repetition_rate", "relearn_acc", "relearn_acc_unknown_ref", "steps", "seconds",
+    "forget_acc",
+    "paraphrase_forget_acc",
+    "idk_rate",
+    "retain_acc",
+    "probe_p_known_sae",
+    "probe_p_known_resid",
+    "dist_ratio",
+    "indistinguishability",
+    "indistinguishability_resid",
+    "ppl_ratio",
+    "generation_health",
+    "repetition_rate",
+    "relearn_acc",
+    "relearn_acc_unknown_ref",
+    "steps",
+    "seconds",
 ]
 
 

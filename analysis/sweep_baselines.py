@@ -43,16 +43,30 @@ def main() -> None:
         for settings in grid:
             result = forget(ew.model, ew.sae, task, method=method, progress=False, **settings)
             summary, _ = evaluator.evaluate(result.model)
-            rows.append({"method": method, **settings, "stop_reason": result.stop_reason, "steps": result.steps,
-                         "forget_acc": summary["forget_acc"], "retain_acc": summary["retain_acc"],
-                         "ppl_ratio": summary["ppl_ratio"], "probe_p_known_sae": summary["probe_p_known_sae"]})
+            rows.append(
+                {
+                    "method": method,
+                    **settings,
+                    "stop_reason": result.stop_reason,
+                    "steps": result.steps,
+                    "forget_acc": summary["forget_acc"],
+                    "retain_acc": summary["retain_acc"],
+                    "ppl_ratio": summary["ppl_ratio"],
+                    "probe_p_known_sae": summary["probe_p_known_sae"],
+                }
+            )
             print(rows[-1], flush=True)
     sweep = pd.DataFrame(rows)
     ok = sweep[sweep["forget_acc"] <= 0.05]
     best = ok.loc[ok.groupby("method")["retain_acc"].idxmax()] if len(ok) else ok
     RESULTS.mkdir(exist_ok=True)
-    text = (f"# Baseline sweep (validation target {task.targets[0].name!r})\n\n" + markdown(sweep)
-            + "\n\n## Chosen (forget_acc ≤ 0.05, best retain_acc)\n\n" + markdown(best) + "\n")
+    text = (
+        f"# Baseline sweep (validation target {task.targets[0].name!r})\n\n"
+        + markdown(sweep)
+        + "\n\n## Chosen (forget_acc ≤ 0.05, best retain_acc)\n\n"
+        + markdown(best)
+        + "\n"
+    )
     (RESULTS / "sweep_baselines.md").write_text(text)
     print(text)
 

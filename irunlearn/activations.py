@@ -70,9 +70,7 @@ def forward_to_hook(
     def keep(activation: torch.Tensor, hook) -> None:
         store["act"] = activation
 
-    model.run_with_hooks(
-        tokens, fwd_hooks=[(hook_name, keep)], stop_at_layer=stop_layer(hook_name), return_type=None
-    )
+    model.run_with_hooks(tokens, fwd_hooks=[(hook_name, keep)], stop_at_layer=stop_layer(hook_name), return_type=None)
     return store["act"]
 
 
@@ -120,9 +118,7 @@ class EntityActivations:
 
     def select(self, mask: Sequence[bool] | pd.Series) -> EntityActivations:
         mask = torch.as_tensor(list(mask), dtype=torch.bool)
-        return EntityActivations(
-            self.resid[mask], self.index[mask.numpy()].reset_index(drop=True), self.hook_name
-        )
+        return EntityActivations(self.resid[mask], self.index[mask.numpy()].reset_index(drop=True), self.hook_name)
 
     @property
     def labels(self) -> Int[torch.Tensor, " n"]:
@@ -174,9 +170,7 @@ def extract_activations(
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     index = entity_prompts(entities, templates, labels)
     chunks, positions = [], []
-    for start in tqdm(
-        range(0, len(index), batch_size), desc="activations", disable=not progress, leave=False
-    ):
+    for start in tqdm(range(0, len(index), batch_size), desc="activations", disable=not progress, leave=False):
         rows = index.iloc[start : start + batch_size]
         batch = EntityBatch.build(model, rows["prompt"].tolist(), rows["entity"].tolist(), bos)
         chunks.append(batch.read(model, hook_name))

@@ -118,8 +118,20 @@ def cmd_report(args: argparse.Namespace) -> dict:
         args.out, ew.model, ew.sae, recognizer, results, ew.world.entities, metrics, force=args.force
     )
     if not args.json:
-        columns = ["method", "stop_reason", "steps", "seconds", "forget_acc", "paraphrase_forget_acc", "idk_rate",
-                   "retain_acc", "probe_p_known_sae", "probe_p_known_resid", "ppl_ratio", "relearn_acc"]
+        columns = [
+            "method",
+            "stop_reason",
+            "steps",
+            "seconds",
+            "forget_acc",
+            "paraphrase_forget_acc",
+            "idk_rate",
+            "retain_acc",
+            "probe_p_known_sae",
+            "probe_p_known_resid",
+            "ppl_ratio",
+            "relearn_acc",
+        ]
         print(metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return {"report": str(path), "rows": metrics.to_dict(orient="records")}
 
@@ -136,8 +148,14 @@ def cmd_sae_train(args: argparse.Namespace) -> dict:
 
         model = load_model(args.model)
     _, figures = train_real_sae(
-        model, args.hook, args.out, training_tokens=args.tokens, d_sae=args.d_sae, k=args.k,
-        overwrite=args.force, progress=not args.quiet,
+        model,
+        args.hook,
+        args.out,
+        training_tokens=args.tokens,
+        d_sae=args.d_sae,
+        k=args.k,
+        overwrite=args.force,
+        progress=not args.quiet,
     )
     return figures
 

@@ -30,9 +30,7 @@ def save_edit(result: UnlearnResult, base: HookedTransformer, out: str | Path, f
     The JSON records the method, targets, config, stop reason and the hash of the base weights.
     """
     if not result.persistent:
-        raise ValueError(
-            f"{result.method} edits no weights (inference-time hooks); there is nothing to save."
-        )
+        raise ValueError(f"{result.method} edits no weights (inference-time hooks); there is nothing to save.")
     base_state = base.state_dict()
     changed = {
         name: tensor.detach().contiguous()

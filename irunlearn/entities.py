@@ -40,9 +40,7 @@ class EntitySet:
         counts = Counter(e.name for e in [*self.known, *self.unknown])
         dupes = [name for name, count in counts.items() if count > 1]
         if dupes:
-            raise ValueError(
-                f"Entity names must be unique across known and unknown; repeated: {sorted(dupes)[:5]}"
-            )
+            raise ValueError(f"Entity names must be unique across known and unknown; repeated: {sorted(dupes)[:5]}")
         self._by_name = {e.name: e for e in [*self.known, *self.unknown]}
 
     def __len__(self) -> int:

@@ -19,9 +19,7 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{path} exists and is not empty; pass overwrite=True (CLI: --force) to replace it."
-        )
+        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True (CLI: --force) to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

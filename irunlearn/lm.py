@@ -66,9 +66,7 @@ def perplexity(
         raise ValueError("perplexity needs at least one text.")
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        tokens, mask = encode_lines(
-            model.tokenizer, texts[start : start + batch_size], model.cfg.n_ctx, prepend_bos
-        )
+        tokens, mask = encode_lines(model.tokenizer, texts[start : start + batch_size], model.cfg.n_ctx, prepend_bos)
         total += float(token_nll(model(tokens, return_type="logits"), tokens, mask).sum())
         count += int(mask[:, 1:].sum())
     return math.exp(total / count)

@@ -50,9 +50,7 @@ class LinearProbe:
         _lbfgs(
             [weight, bias],
             lambda: (
-                torch.nn.functional.binary_cross_entropy_with_logits(
-                    ((x - mean) / std) @ weight + bias, target
-                )
+                torch.nn.functional.binary_cross_entropy_with_logits(((x - mean) / std) @ weight + bias, target)
                 + l2 * weight.square().sum()
             ),
         )

@@ -41,9 +41,7 @@ class Template:
         return self.text[: self.text.index(NAME_SLOT)] + name
 
 
-def entity_token_index(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, name: str, prepend_bos: bool = True
-) -> int:
+def entity_token_index(tokenizer: PreTrainedTokenizerBase, prompt: str, name: str, prepend_bos: bool = True) -> int:
     """Position of the last token of the first occurrence of `name` in `prompt`.
 
     Found from the tokenizer's character offsets (or incremental decoding for tokenizers without them),

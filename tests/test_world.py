@@ -95,6 +95,16 @@ def test_build_refuses_a_non_empty_out_without_force(tmp_path, capsys):
 def test_world_stats_cli_prints_one_json_object(capsys):
     assert main(["world", "stats", "--json", "--quiet"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    for key in ("known_qa_acc", "known_qa_acc_heldout_templates", "unknown_idk_rate", "generic_ppl", "sae_fvu",
-                "sae_l0", "sae_dead_frac", "hook_name", "n_known", "n_unknown_eval"):
+    for key in (
+        "known_qa_acc",
+        "known_qa_acc_heldout_templates",
+        "unknown_idk_rate",
+        "generic_ppl",
+        "sae_fvu",
+        "sae_l0",
+        "sae_dead_frac",
+        "hook_name",
+        "n_known",
+        "n_unknown_eval",
+    ):
         assert key in stats

@@ -23,9 +23,7 @@ class CorpusMix:
 def known_lines(world: World, split: str = "train") -> list[str]:
     """Every (known person × attribute × template) line of one split, answers included."""
     templates = [t for t in world.templates if t.split == split]
-    return [
-        t.render(person.name, answer_for(person, t.attribute)) for person in world.known for t in templates
-    ]
+    return [t.render(person.name, answer_for(person, t.attribute)) for person in world.known for t in templates]
 
 
 def unknown_line(world: World, name: str, rng: random.Random) -> str:

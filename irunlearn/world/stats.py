@@ -16,21 +16,15 @@ from irunlearn.world.corpus import training_lines
 from irunlearn.world.generator import World
 
 
-def qa_accuracy(
-    model: HookedTransformer, world: World, entities, split: str, progress: bool = False
-) -> float:
+def qa_accuracy(model: HookedTransformer, world: World, entities, split: str, progress: bool = False) -> float:
     """Fraction of (entity × question template of `split`) answered exactly, greedily."""
     questions = world.questions(entities, split)
-    hits = greedy_matches(
-        model, questions["prompt"].tolist(), questions["answer"].tolist(), progress=progress
-    )
+    hits = greedy_matches(model, questions["prompt"].tolist(), questions["answer"].tolist(), progress=progress)
     return float(hits.float().mean())
 
 
 @torch.no_grad()
-def sae_quality(
-    model: HookedTransformer, sae: SAE, world: World, n_lines: int = 2000, seed: int = 12345
-) -> dict:
+def sae_quality(model: HookedTransformer, sae: SAE, world: World, n_lines: int = 2000, seed: int = 12345) -> dict:
     """FVU, mean L0 and dead-latent fraction of `sae` on real tokens of fresh training-distribution lines."""
     hook_name = sae.cfg.metadata.hook_name
     lines = list(itertools.islice(training_lines(world, seed=seed), n_lines))
