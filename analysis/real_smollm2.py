@@ -115,10 +115,12 @@ Targets ({", ".join(t.name for t in result.targets)}) are known cities the probe
 known by both probes, and known for more than SmolLM2's default guesses. Each is forgotten on its own; the
 facts a method suppresses are the model's own correct answers. Both methods edit the MLPs of the
 {config.layer_window} layers up to the SAE's; method settings: `{json.dumps(config.method_overrides)}`;
-everything in float32. Each method stops by its own rule (`sae_guided`: every training context of the
-target reads as unknown to the SAE probe and sits nearer the unknown centroid; `grad_ascent`: greedy
-decoding no longer gives any of the target's training answers, each followed by the newline that ends a
-few-shot answer) or at `max_steps`.
+everything in float32. Each method stops by its own rule or at `max_steps`. `sae_guided` (the library's
+default objective: margin at the name token plus the context term on the question tokens, with the unknown
+cities not used for `idk_rate` as its strangers) stops once, in every training question, the SAE probe
+reads the target as unknown and both the name token and the question tokens sit nearer the unknown
+references; `grad_ascent` (lr from `analysis/sweep_real_smollm2.py`) once teacher-forced greedy decoding
+gives none of the target's training answers.
 `retain_acc`: accuracy (against Wikidata) on the training questions of {config.n_retain_eval} other known
 cities, before → after (cities not used while editing); `ppl_ratio`: perplexity on
 {config.n_generic_eval} held-out documentation paragraphs after / before; `idk_rate`: fraction of the

@@ -308,13 +308,12 @@ def test_answer_logprob_is_the_teacher_forced_sum(tiny):
     assert torch.allclose(batched[1], answer_logprob(tiny, ["Q: Where? A:"], ["Italy"])[0], atol=1e-4)
 
 
-def test_few_shot_answers_end_at_the_newline(tiny):
-    """A fact line's answer mask covers the answer and what ends it: EOS by default, "\\n" for few-shot."""
+def test_answer_mask_covers_the_answer_and_eos_only_when_asked(tiny):
+    """Fact lines mark the answer and the EOS after it (embedded world), or the answer alone (few-shot)."""
     facts = pd.DataFrame({"entity": ["Lyon"], "prompt": ["Q: In which country is Lyon? A:"], "answer": ["France"]})
-    decode = tiny.tokenizer.decode
-    for end, expected in ((None, " France" + tiny.tokenizer.eos_token), ("\n", " France\n")):
-        batch = AnswerBatch.build(tiny, facts, prepend_bos=False, answer_end=end)
-        assert decode(batch.tokens[0, 1:][batch.answer_mask[0]]) == expected
+    for eos, expected in ((True, " France" + tiny.tokenizer.eos_token), (False, " France")):
+        batch = AnswerBatch.build(tiny, facts, prepend_bos=False, append_eos=eos)
+        assert tiny.tokenizer.decode(batch.tokens[0, 1:][batch.answer_mask[0]]) == expected
 
 
 def test_refusals():

@@ -37,8 +37,10 @@ class ForgetTask:
     `templates` are the attribute questions used both as entity contexts (the prompt up to the name) and,
     with each entity's attributes as answers, as the facts that suppression baselines push down and retain
     terms hold up. `retain_text` is entity-free text whose next-token distribution must not move.
-    `answer_end` is what follows an answer in a fact line: None for the tokenizer's end-of-sequence token
-    (the embedded world's format), "\n" for few-shot prompts, whose answers end at a newline.
+    `answer_eos`: a fact line's answer ends with the end-of-sequence token, which suppression pushes down
+    and the stop check requires with it (the embedded world's format). Few-shot prompts of a real model
+    set it False: only the answer's own tokens count, because pushing down whatever ends an answer (a
+    newline the model can swap for a full stop) would "forget" an answer the model still gives.
     `unknown` are entities the model has never heard of: what a stranger's question looks like inside the
     model (sae_guided's reference for the question tokens after the name).
     """
@@ -49,7 +51,7 @@ class ForgetTask:
     retain_text: list[str]
     recognizer: Recognizer
     prepend_bos: bool = True
-    answer_end: str | None = None
+    answer_eos: bool = True
     unknown: list[Entity] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -74,8 +76,8 @@ class ForgetTask:
         )
 
     def answer_batch(self, model: HookedTransformer, entities: list[Entity]) -> AnswerBatch:
-        """The fact lines of `entities`, batched with their answer tokens (and `answer_end`) marked."""
-        return AnswerBatch.build(model, self.facts(entities), self.prepend_bos, self.answer_end)
+        """The fact lines of `entities`, batched with their answer tokens (and EOS with `answer_eos`) marked."""
+        return AnswerBatch.build(model, self.facts(entities), self.prepend_bos, self.answer_eos)
 
     def retain_lines(self, entities: list[Entity], n: int, rng: random.Random) -> list[str]:
         """Up to `n` fact lines (`prompt answer`) of `entities`, then up to `n` lines of `retain_text`."""
@@ -261,10 +263,8 @@ def _seed_everything(seed: int) -> None:
 
 @dataclass
 class AnswerBatch:
-    """Prompt+answer lines batched, with a mask selecting the answer tokens and what ends the answer.
-
-    The answer ends with `answer_end` text, or with the end-of-sequence token when it is None.
-    """
+    """Prompt+answer lines batched, with a mask selecting the answer tokens (and the EOS after them when
+    the lines end with one)."""
 
     tokens: Int[torch.Tensor, "batch pos"]
     mask: Bool[torch.Tensor, "batch pos"]  # real tokens
@@ -273,11 +273,11 @@ class AnswerBatch:
 
     @classmethod
     def build(
-        cls, model: HookedTransformer, facts: pd.DataFrame, prepend_bos: bool, answer_end: str | None = None
+        cls, model: HookedTransformer, facts: pd.DataFrame, prepend_bos: bool, append_eos: bool = True
     ) -> AnswerBatch:
         tokenizer = model.tokenizer
-        lines = [f"{p} {a}{answer_end or ''}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
-        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, prepend_bos, append_eos=answer_end is None)
+        lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
+        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, prepend_bos, append_eos)
         # The answer starts where the line's tokens stop agreeing with the prompt's own tokens.
         answer_start = []
         for row, prompt in zip(tokens.tolist(), facts["prompt"], strict=True):

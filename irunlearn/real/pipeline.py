@@ -16,7 +16,10 @@ scores the edited copies with `RealEvaluator`, before and after. Choices that ma
   ("People's Republic of China", "2148000") often is not. Evaluation checks answers against the gold.
 - **Retain sets are disjoint**: the entities a method holds fixed while editing are not the ones
   `retain_acc` is measured on, and the generic text it keeps is the `"train"` part of the prose, while
-  `ppl_ratio` reads the `"heldout"` part.
+  `ppl_ratio` reads the `"heldout"` part. Likewise the unknown entities `sae_guided` aims its target's
+  questions at are not the strangers `idk_rate` compares with.
+- **Answers are their own tokens**: a few-shot answer ends with whatever the model chooses (newline, full
+  stop), so suppression pushes down and stop checks require only the answer's tokens (`answer_eos=False`).
 """
 
 from __future__ import annotations
@@ -262,8 +265,10 @@ def real_task(
     retain: Sequence[Entity],
     answers: pd.DataFrame,
     recognizer: Recognizer,
+    unknown: Sequence[Entity] = (),
 ) -> ForgetTask:
-    """Forget `target`'s facts as the model states them; hold `retain` and generic prose fixed."""
+    """Forget `target`'s facts as the model states them; hold `retain` and generic prose fixed; `unknown`
+    entities are the strangers `sae_guided` makes the target's questions look like."""
     return ForgetTask(
         targets=[model_facts(target, answers)],
         retain=[model_facts(e, answers) for e in retain],
@@ -271,7 +276,8 @@ def real_task(
         retain_text=generic_paragraphs("train"),
         recognizer=recognizer,
         prepend_bos=bool(model.cfg.default_prepend_bos),
-        answer_end="\n",  # few-shot answers end at a newline
+        answer_eos=False,  # a few-shot answer's own tokens; what ends it is the model's choice
+        unknown=list(unknown),
     )
 
 
@@ -314,23 +320,17 @@ def run_real_pipeline(
     generic_eval = rng.sample(
         generic_paragraphs("heldout"), min(config.n_generic_eval, len(generic_paragraphs("heldout")))
     )
-    evaluator = RealEvaluator(
-        model,
-        sae,
-        recognizer,
-        targets,
-        retain_eval,
-        rng.sample(entities.unknown, min(config.n_unknown_reference, len(entities.unknown))),
-        generic_eval,
-    )
+    strangers = rng.sample(entities.unknown, min(config.n_unknown_reference, len(entities.unknown)))
+    references = [u for u in entities.unknown if u not in strangers]  # the methods' unknowns: not the evaluator's
+    evaluator = RealEvaluator(model, sae, recognizer, targets, retain_eval, strangers, generic_eval)
     before = evaluator.per_target(model)
-    strangers = recognizer.p_known(model, sae, [u.name for u in evaluator.unknown_reference])
-    strangers["dist_ratio"] = strangers["dist_to_unknown"] / strangers["dist_to_known"]
+    stranger_readings = recognizer.p_known(model, sae, [u.name for u in strangers])
+    stranger_readings["dist_ratio"] = stranger_readings["dist_to_unknown"] / stranger_readings["dist_to_known"]
     end = stop_layer(sae_hook_name(sae)) or model.cfg.n_layers  # the hook's block, included
     rows, histories = [], {}
     jobs = [(method, target) for method in config.methods for target in targets]
     for method, target in tqdm(jobs, desc="forget", disable=not progress):
-        task = real_task(model, target, retain, answers, recognizer)
+        task = real_task(model, target, retain, answers, recognizer, references)
         overrides = {"seed": config.seed, "progress": progress, **config.method_overrides.get(method, {})}
         if config.layer_window is not None:
             overrides.setdefault("layers", tuple(range(max(0, end - config.layer_window), end)))
@@ -366,5 +366,5 @@ def run_real_pipeline(
         runs=pd.DataFrame(rows),
         histories=histories,
         baseline=evaluator.baseline,
-        unknown_reference=strangers,
+        unknown_reference=stranger_readings,
     )
