@@ -20,9 +20,7 @@ edited. Retain entities that share a name word with a target come first in the r
 
 Stops once, for every target and training template, the SAE probe reads unknown (p < 0.5) at the name
 token, the name token sits closer to μ_U than to μ_K and the question tokens closer to Q_U than to Q_K; then
-runs `extra_steps` more (DESIGN §4). The default is none: the hinge margins already carry each row past
-the midpoint, and stopping at the flip was genuine for all 15 single targets and the 5-together runs of
-seeds 0–2 measured (retain 0.99 with 5 together, against 0.985 with 5 extra steps), at about half the steps.
+runs `extra_steps` more (DESIGN §4).
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ from irunlearn.prompts import entity_token_positions
 @dataclass
 class SAEGuidedConfig(ForgetConfig):
     lr: float = 5e-4
-    extra_steps: int = 0
     beta: float = 0.5  # pull_push only
     margin: float = 1.0  # pull_push only: m
     lambda_act: float = 1.0
