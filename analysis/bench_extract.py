@@ -38,19 +38,23 @@ def full_cache_baseline(model, hook_name, prompts, names, prepend_bos, batch_siz
     return time.perf_counter() - start
 
 
-def bench(label, model, hook_name, entities, templates, prepend_bos) -> dict:
+def bench(label, model, hook_name, entities, templates, prepend_bos, batch_size: int = 256) -> dict:
+    """Both ways on the same prompts and batch size (a full cache of a 30-layer model needs a small one)."""
     prompts = [t.render(e.name) for e in entities for t in templates]
     names = [e.name for e in entities for t in templates]
     extract_activations(model, hook_name, entities[:2], templates, prepend_bos=prepend_bos, progress=False)  # warm-up
     start = time.perf_counter()
-    extract_activations(model, hook_name, entities, templates, prepend_bos=prepend_bos, progress=False)
+    extract_activations(
+        model, hook_name, entities, templates, prepend_bos=prepend_bos, batch_size=batch_size, progress=False
+    )
     ours = time.perf_counter() - start
-    naive = full_cache_baseline(model, hook_name, prompts, names, prepend_bos)
+    naive = full_cache_baseline(model, hook_name, prompts, names, prepend_bos, batch_size)
     layers = model.cfg.n_layers
     return {
         "model": label,
         "hook": hook_name,
         "prompts": len(prompts),
+        "batch_size": batch_size,
         "irunlearn_prompts_per_s": len(prompts) / ours,
         "run_with_cache_prompts_per_s": len(prompts) / naive,
         "speedup": naive / ours,
@@ -68,7 +72,10 @@ def main() -> None:
     entities = (ew.world.known + ew.world.unknown_eval)[: args.n_entities]
     rows = [bench("embedded world", ew.model, ew.hook_name, entities, ew.world.question_templates("train"), True)]
     if args.smollm2:
+        from irunlearn.activations import sae_hook_name
+        from irunlearn.models import load_sae
         from irunlearn.real.fixture import load_smollm2, smollm2_path
+        from irunlearn.real.sae import SMOLLM2_SAE
         from irunlearn.real.wikidata import load_entities, question_templates
 
         if smollm2_path() is None:
@@ -76,8 +83,9 @@ def main() -> None:
         else:
             model = load_smollm2()
             cities = load_entities("city", n=args.n_entities // 4, seed=0)
-            hook = f"blocks.{model.cfg.n_layers // 2 - 3}.hook_resid_post"
-            rows.append(bench("SmolLM2-135M", model, hook, cities, question_templates("city", "train"), False))
+            hook = sae_hook_name(load_sae(path=SMOLLM2_SAE))  # the shipped SAE's hook
+            templates = question_templates("city", "train")
+            rows.append(bench("SmolLM2-135M", model, hook, cities, templates, False, batch_size=16))
     table = markdown(pd.DataFrame(rows))
     print(table)
     RESULTS.mkdir(exist_ok=True)

@@ -1,6 +1,6 @@
 """The real-model pipeline on SmolLM2-135M-Instruct with Wikidata cities; writes analysis/results/real_smollm2.md.
 
-    .venv/bin/python analysis/real_smollm2.py            # ~1 h on a 2-core CPU, most of it forgetting
+    .venv/bin/python analysis/real_smollm2.py            # ~15 min on a 2-core CPU once labels are cached
 
 Labels cities of a million inhabitants or more plus a random sample of all cities (for more unknown
 ones), counts known / unknown for every entity kind on a sample, fits recognition with the shipped SAE,
