@@ -370,19 +370,27 @@ def test_evaluator_needs_strangers(tiny, trained, labelled, recognizer):
 # ---- the whole pipeline --------------------------------------------------------------------------------
 
 
-def test_pipeline_forgets_with_both_methods(tiny, trained, labelled, monkeypatch):
-    monkeypatch.setattr(real_evaluation, "greedy_generate", scripted_generate)
-    entity_set, answers = labelled
-    original = {k: v.clone() for k, v in tiny.state_dict().items()}
-    config = RealPipelineConfig(
-        n_targets=2,
+def small_config(n_targets: int, sae_guided_steps: int, grad_ascent_steps: int) -> RealPipelineConfig:
+    """A pipeline sized for the tiny Llama: few entities, texts and steps."""
+    return RealPipelineConfig(
+        n_targets=n_targets,
         n_retain=4,
         n_retain_eval=3,
         n_unknown_reference=3,
         n_generic_eval=4,
         n_generic_latents=8,
-        method_overrides={"sae_guided": {"max_steps": 6, "n_retain_text": 2}, "grad_ascent": {"max_steps": 4}},
+        method_overrides={
+            "sae_guided": {"max_steps": sae_guided_steps, "n_retain_text": 2},
+            "grad_ascent": {"max_steps": grad_ascent_steps},
+        },
     )
+
+
+def test_pipeline_forgets_with_both_methods(tiny, trained, labelled, monkeypatch):
+    monkeypatch.setattr(real_evaluation, "greedy_generate", scripted_generate)
+    entity_set, answers = labelled
+    original = {k: v.clone() for k, v in tiny.state_dict().items()}
+    config = small_config(n_targets=2, sae_guided_steps=6, grad_ascent_steps=4)
     result = run_real_pipeline(tiny, trained[0], entity_set, answers, config, progress=False)
     runs = result.runs
     assert list(runs["method"]) == ["sae_guided", "sae_guided", "grad_ascent", "grad_ascent"]
@@ -441,15 +449,7 @@ def test_gemma_recipe_runs_on_local_stand_ins(tiny, trained, records, monkeypatc
     cell = _recipe_cell()
     namespace = {
         "GEMMA_CITIES": 40,
-        "GEMMA_CONFIG": RealPipelineConfig(
-            n_targets=1,
-            n_retain=4,
-            n_retain_eval=3,
-            n_unknown_reference=3,
-            n_generic_eval=4,
-            n_generic_latents=8,
-            method_overrides={"sae_guided": {"max_steps": 3, "n_retain_text": 2}, "grad_ascent": {"max_steps": 3}},
-        ),
+        "GEMMA_CONFIG": small_config(n_targets=1, sae_guided_steps=3, grad_ascent_steps=3),
     }
     exec(compile(cell.source, "04_real_model:gemma-recipe", "exec"), namespace)
     assert calls == {
