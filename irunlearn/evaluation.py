@@ -108,7 +108,6 @@ class Evaluator:
                 "p_known_resid": "probe_p_known_resid",
             }
         )
-        readings["dist_ratio"] = readings["dist_to_unknown"] / readings["dist_to_known"]
         return frame.merge(readings, on="target")
 
     def evaluate(self, model: HookedTransformer, genuineness: bool = False) -> tuple[dict, pd.DataFrame]:

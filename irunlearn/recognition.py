@@ -108,7 +108,7 @@ class Recognizer:
         templates: Sequence[Template] | None = None,
         progress: bool = False,
     ) -> pd.DataFrame:
-        """Per name: mean probe probabilities (SAE and residual) and centroid distances over templates.
+        """Per name: mean probe probabilities (SAE and residual), centroid distances and their ratio over templates.
 
         >>> recognizer.p_known(model, sae, ["Kalo Renvi"])  # columns p_known_sae, p_known_resid, ...
         """
@@ -129,7 +129,8 @@ class Recognizer:
         latents: Float[torch.Tensor, "n d_sae"],
         entity: Sequence[str] | pd.Series,
     ) -> pd.DataFrame:
-        """Probe outputs and distances for given activations, averaged per entity (order kept)."""
+        """Probe outputs and distances for given activations, averaged per entity (order kept), and
+        `dist_ratio`, the ratio of the averaged distances (below 1: nearer the unknown centroid)."""
         dist_unknown, dist_known = self.distances(latents)
         rows = pd.DataFrame(
             {
@@ -140,7 +141,9 @@ class Recognizer:
                 "dist_to_known": dist_known.numpy(),
             }
         )
-        return rows.groupby("entity", sort=False).mean().reset_index()
+        rows = rows.groupby("entity", sort=False).mean().reset_index()
+        rows["dist_ratio"] = rows["dist_to_unknown"] / rows["dist_to_known"]
+        return rows
 
     def save(self, path: str | Path, overwrite: bool = False) -> None:
         """Write `recognizer.safetensors` + `recognizer.json` + `scores.csv` into `path`, atomically.

@@ -58,6 +58,7 @@ def test_p_known_separates_known_from_unknown(ew, recognizer):
     assert (readings.loc[known, "p_known_sae"] > 0.5).mean() >= 0.8
     assert (readings.loc[unknown, "p_known_sae"] < 0.5).mean() >= 0.8
     assert (readings.loc[unknown, "dist_to_unknown"] < readings.loc[unknown, "dist_to_known"]).mean() >= 0.8
+    assert (readings["dist_ratio"] == readings["dist_to_unknown"] / readings["dist_to_known"]).all()
 
 
 def test_save_load_round_trip(ew, recognizer, tmp_path):

@@ -202,7 +202,6 @@ class RealEvaluator:
         readings = self.recognizer.p_known(model, self.sae, names, templates).rename(
             columns={"entity": "target", "p_known_sae": "probe_p_known_sae", "p_known_resid": "probe_p_known_resid"}
         )
-        readings["dist_ratio"] = readings["dist_to_unknown"] / readings["dist_to_known"]
         return frame.merge(readings, on="target")
 
     def _like_unknown(self, model: HookedTransformer, questions: pd.DataFrame) -> list[bool]:

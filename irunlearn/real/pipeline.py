@@ -325,7 +325,6 @@ def run_real_pipeline(
     evaluator = RealEvaluator(model, sae, recognizer, targets, retain_eval, strangers, generic_eval)
     before = evaluator.per_target(model)
     stranger_readings = recognizer.p_known(model, sae, [u.name for u in strangers])
-    stranger_readings["dist_ratio"] = stranger_readings["dist_to_unknown"] / stranger_readings["dist_to_known"]
     end = stop_layer(sae_hook_name(sae)) or model.cfg.n_layers  # the hook's block, included
     rows, histories = [], {}
     jobs = [(method, target) for method in config.methods for target in targets]
