@@ -17,9 +17,11 @@ def _print(result: dict, as_json: bool) -> None:
 
 
 def cmd_world_build(args: argparse.Namespace) -> dict:
-    from irunlearn.world.build import BuildConfig, build_world
+    from irunlearn.world.build import BuildConfig, build_world, rebuild_sae
 
     cfg = BuildConfig.small(args.seed) if args.small else BuildConfig(seed=args.seed)
+    if args.sae_only:
+        return rebuild_sae(args.out, cfg.sae, progress=not args.quiet)
     return build_world(args.out, cfg, force=args.force, progress=not args.quiet)
 
 
@@ -179,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", help="a minutes-scale world (for tests)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--sae-only", action="store_true", help="retrain only the SAE of the world at --out, in place (keeps the model)"
+    )
     p = command(world, "stats", cmd_world_stats, "accuracy, idk rate, perplexity and SAE quality")
     p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
 

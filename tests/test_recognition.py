@@ -37,18 +37,9 @@ def test_auroc_and_calibrated_probe():
 def test_recognition_meets_acceptance(recognizer):
     metrics = recognizer.metrics
     assert metrics["top_known_score"] >= 0.4
-    assert metrics["top_unknown_score"] >= 0.6
+    assert metrics["top_unknown_score"] >= 0.8
     assert metrics["probe_auroc_sae"] >= 0.95
     assert metrics["probe_auroc_resid"] >= 0.95
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 3 target not met: best unknown-latent score measured 0.71 (SAE "
-    "1024×k32 at blocks.2); 512×k32 gave 0.54 and 1024×k16 0.65",
-)
-def test_unknown_latent_score_reaches_issue_target(recognizer):
-    assert recognizer.metrics["top_unknown_score"] >= 0.8
 
 
 def test_p_known_separates_known_from_unknown(ew, recognizer):

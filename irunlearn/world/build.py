@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from irunlearn.world.artifacts import DEFAULT_ARTIFACTS, EmbeddedWorld, save_world
+from irunlearn.world.artifacts import DEFAULT_ARTIFACTS, EmbeddedWorld, load_world, save_world
 from irunlearn.world.corpus import tokenizer_lines
 from irunlearn.world.generator import generate_world
 from irunlearn.world.stats import world_stats
@@ -89,4 +90,26 @@ def build_world(
             "stats": stats,
         }
         save_world(out, world, Path(scratch), model, cfg.model, sae, info, overwrite=force)
+    return info
+
+
+def rebuild_sae(path: Path | None = None, cfg: SAETrainConfig | None = None, progress: bool = True) -> dict:
+    """Retrain only the SAE of the world at `path` (default: the shipped one) and replace it there, atomically.
+
+    Tokenizer, model and world data stay byte for byte; `build.json` gets the new SAE config, time and
+    stats. Returns the updated build report.
+    """
+    ew = load_world(path)
+    cfg = cfg or SAETrainConfig()
+    info = ew.build_info
+    start = time.perf_counter()
+    sae = train_sae(ew.model, ew.world, cfg, progress=progress)
+    info["timings"]["sae_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    info["stats"] = world_stats(replace(ew, sae=sae), progress=progress)
+    info["timings"]["stats_s"] = time.perf_counter() - start
+    info["timings"]["total_s"] = sum(v for k, v in info["timings"].items() if k != "total_s")
+    info["config"]["sae"] = asdict(cfg)
+    model_cfg = ModelTrainConfig(**json.loads((ew.path / "model_config.json").read_text()))
+    save_world(ew.path, ew.world, ew.path / "tokenizer", ew.model, model_cfg, sae, info, overwrite=True)
     return info

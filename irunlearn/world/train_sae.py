@@ -28,7 +28,7 @@ class SAETrainConfig:
 
     hook_name: str = "blocks.2.hook_resid_post"
     d_sae: int = 1024
-    k: int = 32
+    k: int = 16
     training_tokens: int = 1_000_000
     context_size: int = 32
     batch_size_tokens: int = 2048
@@ -51,6 +51,8 @@ def sae_dataset(model: HookedTransformer, world: World, n_rows: int, context_siz
 def train_sae(model: HookedTransformer, world: World, cfg: SAETrainConfig, progress: bool = True) -> SAE:
     """Train a TopK SAE on `cfg.hook_name` with `LanguageModelSAETrainingRunner` (wandb off, no hub)."""
     os.environ.setdefault("WANDB_MODE", "disabled")
+    torch.manual_seed(cfg.seed)  # the runner's `seed` does not cover every draw (without this the SAE
+    # depended on what the process had drawn before)
     tokenizer = model.tokenizer
     # Roughly half of each padded row is real tokens; draw enough rows to cover the token budget twice.
     n_rows = 4 * cfg.training_tokens // cfg.context_size
