@@ -6,6 +6,9 @@
     L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
     L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm
 
+A (target, template) row that is past δ_name but still read as known by the SAE probe pulls on toward μ_U
+(d(z_t, μ_U)), so the stop rule never waits on a row that has no gradient.
+
 `objective="pull_push"` gives DESIGN §4's first L_forget, d(z_t, μ_U) − β · min(d(z_t, μ_K), m), which keeps
 pulling every target after it has flipped; the margin (hinge) form stops pulling a (target, template) once
 it is δ past the midpoint, so the remaining ones get the gradient and the flipped ones stop drifting the model.
@@ -57,7 +60,7 @@ class SAEGuidedConfig(ForgetConfig):
     name_margin: float = 0.5  # δ_name: a name token stops being pushed once this much closer to μ_U than μ_K
     context: bool = True  # L_context on the question tokens after the name (needs ForgetTask.unknown)
     question_margin: float = 0.2  # δ_q, the same for the question tokens (Q_U, Q_K)
-    n_reference: int = 16  # unknown and known people whose questions give Q_U and Q_K
+    n_reference: int = 8  # unknown and known people whose questions give Q_U and Q_K
 
 
 @dataclass
@@ -158,8 +161,9 @@ class SAEGuided(Method):
         resid, latents = all_resid[: self.n_target_rows], all_latents[: self.n_target_rows]
         retain_latents = all_latents[self.n_target_rows :]
         dist_unknown, dist_known = recognizer.distances(latents, self.subset)
+        p_known = recognizer.sae_probe.predict_proba(latents.detach())
         if cfg.objective == "margin":
-            loss_forget = _hinge(dist_unknown, dist_known, cfg.name_margin)
+            loss_forget = _hinge(dist_unknown, dist_known, cfg.name_margin, keep_pulling=p_known >= 0.5)
         else:
             loss_forget = (dist_unknown - cfg.beta * dist_known.clamp(max=cfg.margin)).mean()
         loss_act = (retain_latents - self.retain_latents).square().sum(-1).mean() / self.gap
@@ -168,7 +172,6 @@ class SAEGuided(Method):
         loss = loss_forget + cfg.lambda_act * loss_act + cfg.lambda_lm * loss_lm
         per_target = latent_readings(recognizer, latents, resid, self.target_names)
         with torch.no_grad():
-            p_known = recognizer.sae_probe.predict_proba(latents)
             flipped = (p_known < 0.5) & (dist_unknown < dist_known)
         terms = {"loss_forget": loss_forget.item(), "loss_act": loss_act.item(), "loss_lm": loss_lm.item()}
         if self.use_context:
@@ -201,9 +204,19 @@ class SAEGuided(Method):
         )
 
 
-def _hinge(dist_unknown: torch.Tensor, dist_known: torch.Tensor, margin: float) -> Float[torch.Tensor, ""]:
-    """mean max(0, d_U − d_K + δ): only rows not yet `margin` closer to the unknown centroid pull."""
-    return (dist_unknown - dist_known + margin).clamp(min=0).mean()
+def _hinge(
+    dist_unknown: torch.Tensor, dist_known: torch.Tensor, margin: float, keep_pulling: torch.Tensor | None = None
+) -> Float[torch.Tensor, ""]:
+    """mean max(0, d_U − d_K + δ): only rows not yet `margin` closer to the unknown centroid pull.
+
+    Rows in `keep_pulling` (those the SAE probe still reads as known) that are past the margin pull on
+    toward the unknown centroid (d_U), so no row sits without gradient while the stop rule waits on its probe.
+    """
+    gap = dist_unknown - dist_known + margin
+    per_row = gap.clamp(min=0)
+    if keep_pulling is not None:
+        per_row = per_row + torch.where(keep_pulling & (gap <= 0), dist_unknown, torch.zeros_like(dist_unknown))
+    return per_row.mean()
 
 
 def _per_row(rows: Int[torch.Tensor, " n"], values: Float[torch.Tensor, " n"]) -> Float[torch.Tensor, " rows"]:
