@@ -27,6 +27,7 @@ def test_small_world_builds_and_learns(tmp_path, capsys):
     assert len(ew.world.known) == stats["n_known"]
 
     # --sae-only retrains the SAE in place (here with seed 1) and keeps tokenizer, model and world data
+    capsys.readouterr()  # drop this test's own print above
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["world", "build", "--small", "--sae-only", "--seed", "1", "--out", str(out), "--json", "--quiet"]) == 0
     rebuilt = json.loads(capsys.readouterr().out)

@@ -33,6 +33,9 @@ class SAETrainConfig:
     context_size: int = 32
     batch_size_tokens: int = 2048
     lr: float = 1e-3
+    # steps without firing before a latent counts as dead and TopK's aux-k loss revives it; SAELens's
+    # default (1000) is longer than this whole run (~490 steps), which left a quarter of the latents dead
+    dead_feature_window: int = 100
     seed: int = 0
 
 
@@ -73,6 +76,7 @@ def train_sae(model: HookedTransformer, world: World, cfg: SAETrainConfig, progr
         store_batch_size_prompts=64,
         lr=cfg.lr,
         lr_warm_up_steps=50,
+        dead_feature_window=cfg.dead_feature_window,
         device="cpu",
         seed=cfg.seed,
         logger=LoggingConfig(log_to_wandb=False),
