@@ -163,3 +163,17 @@ def test_forget_cli_json(ew, capsys, tmp_path):
         assert key in out
     assert (tmp_path / "out" / "edit.safetensors").exists()
     assert main(["forget", "--target", "Nobody Atall", "--json", "--quiet"]) == 2
+
+
+def test_hinge_keeps_pulling_rows_the_probe_still_reads_as_known():
+    from irunlearn.methods.sae_guided import _hinge
+
+    # row 0: not yet past the margin; row 1: past it, probe says unknown; row 2: past it, probe says known
+    dist_unknown = torch.tensor([3.0, 1.0, 1.0], requires_grad=True)
+    dist_known = torch.tensor([3.0, 2.0, 2.0])
+    keep = torch.tensor([False, False, True])
+    _hinge(dist_unknown, dist_known, 0.5, keep_pulling=keep).backward()
+    assert dist_unknown.grad.tolist() == pytest.approx([1 / 3, 0.0, 1 / 3])
+    dist_unknown.grad = None
+    _hinge(dist_unknown, dist_known, 0.5).backward()
+    assert dist_unknown.grad.tolist() == pytest.approx([1 / 3, 0.0, 0.0])
