@@ -177,3 +177,31 @@ def test_hinge_keeps_pulling_rows_the_probe_still_reads_as_known():
     dist_unknown.grad = None
     _hinge(dist_unknown, dist_known, 0.5).backward()
     assert dist_unknown.grad.tolist() == pytest.approx([1 / 3, 0.0, 0.0])
+
+
+def test_retain_terms_draw_a_fresh_share_of_the_pool_each_step(ew, task):
+    config = SAEGuidedConfig(retain_pool=3, progress=False)
+    method = SAEGuided(task, ew.sae, config)
+    method.setup(ew.model)
+    per_step = config.n_retain_entities * config.retain_templates_per_entity
+    assert len(method.retain_latents) == 3 * per_step and len(method.lm_tokens) == 3 * 2 * config.n_retain_text
+    draws = [method._retain_draw() for _ in range(6)]
+    assert all(len(rows) == per_step and len(lines) == 2 * config.n_retain_text for rows, lines in draws)
+    assert not torch.equal(draws[0][0], draws[1][0])
+    seen = torch.cat([rows for rows, _ in draws]).unique()
+    assert len(seen) > 2 * per_step  # over a few steps the retain terms cover most of the pool
+    again = SAEGuided(task, ew.sae, config)
+    again.setup(ew.model)
+    assert torch.equal(again._retain_draw()[0], draws[0][0])  # seeded
+
+
+@pytest.mark.slow
+def test_ten_targets_together_keep_the_other_peoples_answers(ew, recognizer):
+    """A fixed retain sample kept 0.85 of the others' answers here; the per-step draw from a pool, 0.99."""
+    task = world_task(ew, resolve_targets(ew, n_random=10, seed=0), recognizer)
+    result = forget(ew.model, ew.sae, task, progress=False)
+    assert result.stop_reason == "flipped", result.history.tail()
+    summary, per_target = world_evaluator(ew, task).evaluate(result.model)
+    assert (per_target["forget_acc"] <= 0.05).all(), per_target
+    assert summary["retain_acc"] >= 0.97
+    assert (per_target["probe_p_known_sae"] < 0.5).all() and (per_target["probe_p_known_resid"] < 0.5).all()

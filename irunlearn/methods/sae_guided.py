@@ -21,9 +21,14 @@ distance summed over those tokens, divided by ‖Q_U − Q_K‖². Its gradient 
 the name's own tokens (MLP outputs at the question tokens are detached), so the shared question words are not
 edited. Retain entities that share a name word with a target come first in the retain sample.
 
+The retain terms (L_act, L_lm) see a fresh draw each step from a pool `retain_pool` times their per-step
+size, computed once with the original weights: coverage of the other people grows at the same cost per
+step, which is what keeps their answers when many targets are forgotten together.
+
 Stops once, for every target and training template, the SAE probe reads unknown (p < 0.5) at the name
 token, the name token sits closer to μ_U than to μ_K and the question tokens closer to Q_U than to Q_K; then
-runs `extra_steps` more (DESIGN §4).
+runs `extra_steps` more (DESIGN §4): 2 by default. Pushing on overshoots: the target's probe reading falls
+below the strangers' (which the edit nudges up), so the probe tells them apart again, from the other side.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class SAEGuidedConfig(ForgetConfig):
     lambda_act: float = 1.0
     lambda_lm: float = 5.0
     latents: Literal["all", "selected"] = "all"
-    n_retain_entities: int = 32
+    n_retain_entities: int = 32  # per step, as is n_retain_text (fact lines and as many generic lines)
     retain_templates_per_entity: int = 3
     n_retain_text: int = 32
     objective: Literal["margin", "pull_push"] = "margin"  # L_forget: hinge with `name_margin`, or β / m
@@ -61,6 +66,8 @@ class SAEGuidedConfig(ForgetConfig):
     context: bool = True  # L_context on the question tokens after the name (needs ForgetTask.unknown)
     question_margin: float = 0.2  # δ_q, the same for the question tokens (Q_U, Q_K)
     n_reference: int = 8  # unknown and known people whose questions give Q_U and Q_K
+    retain_pool: int = 3  # retain entities and lines are drawn afresh each step from this many times the sample
+    extra_steps: int = 2  # steps after the flip; more overshoot the strangers (see the module docstring)
 
 
 @dataclass
@@ -106,7 +113,7 @@ class SAEGuided(Method):
         self.subset = task.recognizer.selected_latents if cfg.latents == "selected" else None
         self.gap = task.recognizer.centroid_gap
         rng = random.Random(cfg.seed)
-        retain = _retain_sample(task, cfg.n_retain_entities, rng)
+        retain = _retain_sample(task, cfg.n_retain_entities * cfg.retain_pool, rng)
         self.target_names = [e.name for e in task.targets for _ in task.templates]
         self.questions = QuestionBatch.build(model, task, task.targets)
         retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
@@ -116,8 +123,13 @@ class SAEGuided(Method):
         self.use_context = cfg.context and bool(task.unknown)
         if cfg.context and not task.unknown:
             warnings.warn("ForgetTask.unknown is empty: sae_guided runs without its context term.", stacklevel=2)
-        lines = task.retain_lines(retain, cfg.n_retain_text, rng)
+        lines = task.retain_lines(retain, cfg.n_retain_text * cfg.retain_pool, rng)
         self.lm_tokens, self.lm_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
+        # each step draws afresh (see `_retain_draw`) n_retain_entities people's rows and 2·n_retain_text lines
+        n_pool_rows = len(self.entity_rows.positions) - self.n_target_rows
+        self.n_retain_rows = min(n_pool_rows, cfg.n_retain_entities * cfg.retain_templates_per_entity)
+        self.n_lm_rows = min(len(self.lm_tokens), 2 * cfg.n_retain_text)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():
             self.retain_latents = self.sae.encode(self.entity_rows.read(model, self.hook_name)[self.n_target_rows :])
             self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
@@ -135,7 +147,9 @@ class SAEGuided(Method):
         self.q_unknown, self.q_known = q_unknown[slot], q_known[slot]
         self.question_gap = _per_row(self.questions.rows, (self.q_unknown - self.q_known).square().sum(-1))
         # the context term may change the model only through the name's tokens, not the shared question words
-        question_tokens = torch.zeros_like(self.entity_rows.tokens, dtype=torch.bool)
+        question_tokens = torch.zeros(
+            self.n_target_rows + self.n_retain_rows, self.entity_rows.tokens.shape[1], dtype=torch.bool
+        )
         question_tokens[self.questions.rows, self.questions.cols] = True
         self.detach_hooks = [
             (f"blocks.{layer}.hook_mlp_out", _detached_at(question_tokens))
@@ -154,9 +168,11 @@ class SAEGuided(Method):
 
     def step(self, model: HookedTransformer) -> StepOutput:
         cfg, recognizer = self.config, self.task.recognizer
+        retain_rows, lm_rows = self._retain_draw()
+        rows = torch.cat([torch.arange(self.n_target_rows), self.n_target_rows + retain_rows])
         with model.hooks(fwd_hooks=self.detach_hooks if self.use_context else []):
-            acts = forward_to_hook(model, self.entity_rows.tokens, self.hook_name)
-        all_resid = acts[torch.arange(len(self.entity_rows.positions)), self.entity_rows.positions]
+            acts = forward_to_hook(model, self.entity_rows.tokens[rows], self.hook_name)
+        all_resid = acts[torch.arange(len(rows)), self.entity_rows.positions[rows]]
         all_latents = self.sae.encode(all_resid)
         resid, latents = all_resid[: self.n_target_rows], all_latents[: self.n_target_rows]
         retain_latents = all_latents[self.n_target_rows :]
@@ -166,9 +182,9 @@ class SAEGuided(Method):
             loss_forget = _hinge(dist_unknown, dist_known, cfg.name_margin, keep_pulling=p_known >= 0.5)
         else:
             loss_forget = (dist_unknown - cfg.beta * dist_known.clamp(max=cfg.margin)).mean()
-        loss_act = (retain_latents - self.retain_latents).square().sum(-1).mean() / self.gap
-        logits = model(self.lm_tokens, return_type="logits")
-        loss_lm = kl_to_reference(logits, self.ref_logprobs, self.lm_mask)
+        loss_act = (retain_latents - self.retain_latents[retain_rows]).square().sum(-1).mean() / self.gap
+        logits = model(self.lm_tokens[lm_rows], return_type="logits")
+        loss_lm = kl_to_reference(logits, self.ref_logprobs[lm_rows], self.lm_mask[lm_rows])
         loss = loss_forget + cfg.lambda_act * loss_act + cfg.lambda_lm * loss_lm
         per_target = latent_readings(recognizer, latents, resid, self.target_names)
         with torch.no_grad():
@@ -192,6 +208,12 @@ class SAEGuided(Method):
             per_target=per_target,
             done=bool(flipped.all()),
         )
+
+    def _retain_draw(self) -> tuple[Int[torch.Tensor, " n_retain"], Int[torch.Tensor, " n_lines"]]:
+        """This step's retain entity rows and retain lines: a fresh random share of the pool (seeded)."""
+        retain_rows = torch.randperm(len(self.retain_latents), generator=self.generator)[: self.n_retain_rows]
+        lm_rows = torch.randperm(len(self.lm_tokens), generator=self.generator)[: self.n_lm_rows]
+        return retain_rows, lm_rows
 
     def _question_distances(
         self, q: Float[torch.Tensor, "n d_sae"]
