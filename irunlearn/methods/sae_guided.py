@@ -131,7 +131,7 @@ class SAEGuided(Method):
         self.n_lm_rows = min(len(self.lm_tokens), 2 * cfg.n_retain_text)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():
-            self.retain_latents = self.sae.encode(self.entity_rows.read(model, self.hook_name)[self.n_target_rows :])
+            self.retain_latents = self.sae.encode(retain_batch.read(model, self.hook_name))
             self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
             if self.use_context:
                 self._setup_context(model, rng)
