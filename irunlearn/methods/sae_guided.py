@@ -126,8 +126,7 @@ class SAEGuided(Method):
         lines = task.retain_lines(retain, cfg.n_retain_text * cfg.retain_pool, rng)
         self.lm_tokens, self.lm_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
         # each step draws afresh (see `_retain_draw`) n_retain_entities people's rows and 2·n_retain_text lines
-        n_pool_rows = len(self.entity_rows.positions) - self.n_target_rows
-        self.n_retain_rows = min(n_pool_rows, cfg.n_retain_entities * cfg.retain_templates_per_entity)
+        self.n_retain_rows = min(len(retain_batch.positions), cfg.n_retain_entities * cfg.retain_templates_per_entity)
         self.n_lm_rows = min(len(self.lm_tokens), 2 * cfg.n_retain_text)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():
