@@ -6,8 +6,8 @@ For every weight-editing method and each target (5 random known people × seeds 
 forgotten one at a time: time and steps to the method's own stop point; time and steps until the target's
 training-template answers are gone (`forget_acc ≤ 0.05`); whether the stop point is *genuine* forgetting
 (`forget_acc ≤ 0.05`, `idk_rate ≥ 0.8`, both probes < 0.5, `retain_acc ≥ 0.97`); peak RSS during the run.
-Then 10 targets forgotten together vs 1 with `sae_guided`. Prints markdown tables and writes them to
-analysis/results/bench_forget.md.
+Then, per seed, 10 targets forgotten together vs the first of them alone with `sae_guided`. Prints
+markdown tables and writes them to analysis/results/bench_forget.md.
 """
 
 from __future__ import annotations
@@ -130,27 +130,26 @@ def main() -> None:
         "",
     ]
     if not args.quick:
-        many = resolve_targets(ew, n_random=10, seed=0)
-        one = run_one(ew, recognizer, many[:1], "sae_guided")
-        ten = run_one(ew, recognizer, many, "sae_guided")
-        batch = pd.DataFrame([one, ten])[
-            [
-                "targets",
-                "stop_reason",
-                "steps",
-                "seconds",
-                "genuine",
-                "forget_acc",
-                "idk_rate",
-                "retain_acc",
-                "peak_rss_mb",
-            ]
-        ]
+        batch = []
+        for seed in seeds:
+            many = resolve_targets(ew, n_random=10, seed=seed)
+            one = run_one(ew, recognizer, many[:1], "sae_guided")
+            ten = run_one(ew, recognizer, many, "sae_guided")
+            batch += [row | {"seed": seed, "ratio": ten["seconds"] / one["seconds"]} for row in (one, ten)]
+            print(f"seed {seed}: 10 targets {ten['seconds']:.2f} s, 1 target {one['seconds']:.2f} s", flush=True)
+        batch = pd.DataFrame(batch)
+        columns = ["seed", "targets", "stop_reason", "steps", "seconds", "genuine", "forget_acc", "idk_rate"]
+        columns += ["retain_acc", "peak_rss_mb"]
+        ratios = batch.loc[batch["targets"] == 10, "ratio"]
         lines += [
             "## 10 targets together vs 1 (sae_guided)",
             "",
-            markdown(batch),
-            f"Ratio: {ten['seconds'] / one['seconds']:.2f} (target ≤ 3).",
+            "Per seed: 10 random known people forgotten together, and the first of them alone.",
+            "",
+            markdown(batch[columns]),
+            f"Ratio of 10 together to 1: median {ratios.median():.2f} (seeds: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + ") (target ≤ 3).",
             "",
         ]
     text = "\n".join(lines)

@@ -92,12 +92,10 @@ class EntityBatch:
         rows = [ids[: pos + 1] + [pad] * (width - pos - 1) for ids, pos in located]
         return cls(torch.tensor(rows), torch.tensor([pos for _, pos in located]))
 
-    @classmethod
-    def concat(cls, batches: Sequence[EntityBatch], pad: int) -> EntityBatch:
-        """One batch holding the rows of `batches` in order (right-padded to a common width)."""
-        width = max(b.tokens.shape[1] for b in batches)
-        tokens = [torch.nn.functional.pad(b.tokens, (0, width - b.tokens.shape[1]), value=pad) for b in batches]
-        return cls(torch.cat(tokens), torch.cat([b.positions for b in batches]))
+    def rows(self, index: Int[torch.Tensor, " n"]) -> EntityBatch:
+        """The rows at `index`, cut to the width they need."""
+        positions = self.positions[index]
+        return EntityBatch(self.tokens[index, : int(positions.max()) + 1], positions)
 
     def read(self, model: HookedTransformer, hook_name: str) -> Float[torch.Tensor, "batch d"]:
         acts = forward_to_hook(model, self.tokens, hook_name)

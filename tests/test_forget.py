@@ -173,10 +173,30 @@ def test_hinge_keeps_pulling_rows_the_probe_still_reads_as_known():
     dist_known = torch.tensor([3.0, 2.0, 2.0])
     keep = torch.tensor([False, False, True])
     _hinge(dist_unknown, dist_known, 0.5, keep_pulling=keep).backward()
-    assert dist_unknown.grad.tolist() == pytest.approx([1 / 3, 0.0, 1 / 3])
+    assert dist_unknown.grad.tolist() == pytest.approx([1 / 2, 0.0, 1 / 2])
     dist_unknown.grad = None
+    # the mean runs over the rows still pulling: the last one gets the whole push, not a third of it
     _hinge(dist_unknown, dist_known, 0.5).backward()
-    assert dist_unknown.grad.tolist() == pytest.approx([1 / 3, 0.0, 0.0])
+    assert dist_unknown.grad.tolist() == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_many_targets_take_turns_and_every_question_is_read_once_per_cycle(ew, recognizer):
+    task = world_task(ew, resolve_targets(ew, n_random=10, seed=0), recognizer)
+    n_templates = len(task.templates)
+    method = SAEGuided(task, ew.sae, SAEGuidedConfig(target_rows=64, progress=False))
+    method.setup(ew.model)
+    assert method.n_turns == 5  # 300 (target, template) rows, at most 64 a step
+    cycles = [[method._target_draw() for _ in range(5)] for _ in range(2)]
+    for cycle in cycles:
+        assert all(len(rows) == 60 and torch.equal(rows, rows.sort().values) for rows in cycle)
+        assert all((torch.bincount(rows // n_templates, minlength=10) == 6).all() for rows in cycle)
+        assert torch.equal(torch.cat(cycle).sort().values, torch.arange(300))
+    assert not torch.equal(cycles[0][0], cycles[1][0])  # a fresh shuffle each cycle
+    out = method.step(ew.model)
+    assert not out.done and len(out.per_target) == 10  # every target read, from its share of the templates
+    single = SAEGuided(world_task(ew, task.targets[:1], recognizer), ew.sae, SAEGuidedConfig(progress=False))
+    single.setup(ew.model)
+    assert single.n_turns == 1 and torch.equal(single._target_draw(), torch.arange(n_templates))
 
 
 def test_retain_terms_draw_a_fresh_share_of_the_pool_each_step(ew, task):

@@ -1,13 +1,15 @@
 """SAE-guided forgetting (ours, arXiv 2509.15631): make the target's latents look like an unknown's.
 
-    L_forget  = mean_{t,τ} max(0, d(z_t, μ_U) − d(z_t, μ_K) + δ_name)         at the name's last token
-    L_context = mean_{t,τ} max(0, d_τ(q_t, Q_U) − d_τ(q_t, Q_K) + δ_q)        at the question's tokens
+    L_forget  = mean⁺_{t,τ} max(0, d(z_t, μ_U) − d(z_t, μ_K) + δ_name)        at the name's last token
+    L_context = mean⁺_{t,τ} max(0, d_τ(q_t, Q_U) − d_τ(q_t, Q_K) + δ_q)       at the question's tokens
     L_act     = mean_{r,τ} ‖z_r(θ) − z_r(θ₀)‖² / ‖μ_U − μ_K‖²
     L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
     L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm
 
-A (target, template) row that is past δ_name but still read as known by the SAE probe pulls on toward μ_U
-(d(z_t, μ_U)), so the stop rule never waits on a row that has no gradient.
+mean⁺ averages over the (target, template) rows still pushing, so the last rows to flip get the same push
+as the first (a plain mean shrinks it as rows flip, and Adam's step with it). A row that is past δ_name but
+still read as known by the SAE probe pulls on toward μ_U (d(z_t, μ_U)), so the stop rule never waits on a
+row that has no gradient.
 
 `objective="pull_push"` gives DESIGN §4's first L_forget, d(z_t, μ_U) − β · min(d(z_t, μ_K), m), which keeps
 pulling every target after it has flipped; the margin (hinge) form stops pulling a (target, template) once
@@ -25,14 +27,20 @@ The retain terms (L_act, L_lm) see a fresh draw each step from a pool `retain_po
 size, computed once with the original weights: coverage of the other people grows at the same cost per
 step, which is what keeps their answers when many targets are forgotten together.
 
-Stops once, for every target and training template, the SAE probe reads unknown (p < 0.5) at the name
-token, the name token sits closer to μ_U than to μ_K and the question tokens closer to Q_U than to Q_K; then
-runs `extra_steps` more (DESIGN §4): 2 by default. Pushing on overshoots: the target's probe reading falls
-below the strangers' (which the edit nudges up), so the probe tells them apart again, from the other side.
+With more than `target_rows` (target, template) rows, a step reads each target's questions in a share of
+its templates, in turns: every row once per cycle of shuffled shares, so a step of 10 targets costs about
+what a step of two does.
+
+Stops once, for every target and training template (at the row's latest reading), the SAE probe reads
+unknown (p < 0.5) at the name token, the name token sits closer to μ_U than to μ_K and the question tokens
+closer to Q_U than to Q_K; then runs `extra_steps` more (DESIGN §4): 2 by default. Pushing on overshoots:
+the target's probe reading falls below the strangers' (which the edit nudges up), so the probe tells them
+apart again, from the other side.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from dataclasses import dataclass
@@ -40,7 +48,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from transformer_lens import HookedTransformer
 
 from irunlearn.activations import EntityBatch, forward_to_hook, sae_hook_name, stop_layer
@@ -58,16 +66,17 @@ class SAEGuidedConfig(ForgetConfig):
     lambda_act: float = 1.0
     lambda_lm: float = 5.0
     latents: Literal["all", "selected"] = "all"
-    n_retain_entities: int = 32  # per step, as is n_retain_text (fact lines and as many generic lines)
+    n_retain_entities: int = 16  # per step, as is n_retain_text (fact lines and as many generic lines)
     retain_templates_per_entity: int = 3
-    n_retain_text: int = 32
+    n_retain_text: int = 16
     objective: Literal["margin", "pull_push"] = "margin"  # L_forget: hinge with `name_margin`, or β / m
     name_margin: float = 0.5  # δ_name: a name token stops being pushed once this much closer to μ_U than μ_K
     context: bool = True  # L_context on the question tokens after the name (needs ForgetTask.unknown)
     question_margin: float = 0.2  # δ_q, the same for the question tokens (Q_U, Q_K)
     n_reference: int = 8  # unknown and known people whose questions give Q_U and Q_K
-    retain_pool: int = 3  # retain entities and lines are drawn afresh each step from this many times the sample
+    retain_pool: int = 10  # retain entities and lines are drawn afresh each step from this many times the sample
     extra_steps: int = 2  # steps after the flip; more overshoot the strangers (see the module docstring)
+    target_rows: int = 64  # most target questions per step; more (target, template) pairs are seen in turns
 
 
 @dataclass
@@ -100,6 +109,19 @@ class QuestionBatch:
         ).T
         return cls(EntityBatch(tokens, torch.tensor([pos for _, pos in located])), rows, cols, keys)
 
+    def select(self, index: Int[torch.Tensor, " m"]) -> tuple[QuestionBatch, Bool[torch.Tensor, " n"]]:
+        """The questions at `index` (in that order), and which of the question tokens they keep."""
+        kept = torch.isin(self.rows, index)
+        renumber = torch.full((len(self.names.positions),), -1).index_copy(0, index, torch.arange(len(index)))
+        names = EntityBatch(self.names.tokens[index], self.names.positions[index])
+        return QuestionBatch(names, renumber[self.rows[kept]], self.cols[kept], self.keys[kept]), kept
+
+    def token_mask(self) -> Bool[torch.Tensor, "batch pos"]:
+        """True at every question token after the name."""
+        mask = torch.zeros_like(self.names.tokens, dtype=torch.bool)
+        mask[self.rows, self.cols] = True
+        return mask
+
 
 class SAEGuided(Method):
     name = "sae_guided"
@@ -116,21 +138,25 @@ class SAEGuided(Method):
         retain = _retain_sample(task, cfg.n_retain_entities * cfg.retain_pool, rng)
         self.target_names = [e.name for e in task.targets for _ in task.templates]
         self.questions = QuestionBatch.build(model, task, task.targets)
-        retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
-        # targets (whole questions) and retain entities (cut after the name) go through the model together
-        self.entity_rows = EntityBatch.concat([self.questions.names, retain_batch], pad_id(model.tokenizer))
+        self.retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
         self.n_target_rows = len(self.questions.names.positions)
+        # every (target, template) row is read once per cycle of `n_turns` steps; `flipped` keeps its last reading
+        self.n_turns = math.ceil(self.n_target_rows / cfg.target_rows)
+        self.turn, self.order = 0, torch.empty(0, dtype=torch.long)
+        self.flipped = torch.zeros(self.n_target_rows, dtype=torch.bool)
         self.use_context = cfg.context and bool(task.unknown)
         if cfg.context and not task.unknown:
             warnings.warn("ForgetTask.unknown is empty: sae_guided runs without its context term.", stacklevel=2)
         lines = task.retain_lines(retain, cfg.n_retain_text * cfg.retain_pool, rng)
         self.lm_tokens, self.lm_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
         # each step draws afresh (see `_retain_draw`) n_retain_entities people's rows and 2·n_retain_text lines
-        self.n_retain_rows = min(len(retain_batch.positions), cfg.n_retain_entities * cfg.retain_templates_per_entity)
+        self.n_retain_rows = min(
+            len(self.retain_batch.positions), cfg.n_retain_entities * cfg.retain_templates_per_entity
+        )
         self.n_lm_rows = min(len(self.lm_tokens), 2 * cfg.n_retain_text)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():
-            self.retain_latents = self.sae.encode(retain_batch.read(model, self.hook_name))
+            self.retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
             self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
             if self.use_context:
                 self._setup_context(model, rng)
@@ -146,13 +172,8 @@ class SAEGuided(Method):
         self.q_unknown, self.q_known = q_unknown[slot], q_known[slot]
         self.question_gap = _per_row(self.questions.rows, (self.q_unknown - self.q_known).square().sum(-1))
         # the context term may change the model only through the name's tokens, not the shared question words
-        question_tokens = torch.zeros(
-            self.n_target_rows + self.n_retain_rows, self.entity_rows.tokens.shape[1], dtype=torch.bool
-        )
-        question_tokens[self.questions.rows, self.questions.cols] = True
-        self.detach_hooks = [
-            (f"blocks.{layer}.hook_mlp_out", _detached_at(question_tokens))
-            for layer in range(stop_layer(self.hook_name) or model.cfg.n_layers)
+        self.detach_at = [
+            f"blocks.{layer}.hook_mlp_out" for layer in range(stop_layer(self.hook_name) or model.cfg.n_layers)
         ]
 
     def _question_means(
@@ -167,14 +188,15 @@ class SAEGuided(Method):
 
     def step(self, model: HookedTransformer) -> StepOutput:
         cfg, recognizer = self.config, self.task.recognizer
+        target_rows = self._target_draw()
         retain_rows, lm_rows = self._retain_draw()
-        rows = torch.cat([torch.arange(self.n_target_rows), self.n_target_rows + retain_rows])
-        with model.hooks(fwd_hooks=self.detach_hooks if self.use_context else []):
-            acts = forward_to_hook(model, self.entity_rows.tokens[rows], self.hook_name)
-        all_resid = acts[torch.arange(len(rows)), self.entity_rows.positions[rows]]
-        all_latents = self.sae.encode(all_resid)
-        resid, latents = all_resid[: self.n_target_rows], all_latents[: self.n_target_rows]
-        retain_latents = all_latents[self.n_target_rows :]
+        questions, kept = self.questions.select(target_rows)
+        detach = _detached_at(questions.token_mask())
+        with model.hooks(fwd_hooks=[(name, detach) for name in self.detach_at] if self.use_context else []):
+            acts = forward_to_hook(model, questions.names.tokens, self.hook_name)
+        resid = acts[torch.arange(len(target_rows)), questions.names.positions]
+        latents = self.sae.encode(resid)
+        retain_latents = self.sae.encode(self.retain_batch.rows(retain_rows).read(model, self.hook_name))
         dist_unknown, dist_known = recognizer.distances(latents, self.subset)
         p_known = recognizer.sae_probe.predict_proba(latents.detach())
         if cfg.objective == "margin":
@@ -185,28 +207,41 @@ class SAEGuided(Method):
         logits = model(self.lm_tokens[lm_rows], return_type="logits")
         loss_lm = kl_to_reference(logits, self.ref_logprobs[lm_rows], self.lm_mask[lm_rows])
         loss = loss_forget + cfg.lambda_act * loss_act + cfg.lambda_lm * loss_lm
-        per_target = latent_readings(recognizer, latents, resid, self.target_names)
+        names = [self.target_names[row] for row in target_rows]
+        per_target = latent_readings(recognizer, latents, resid, names)
         with torch.no_grad():
             flipped = (p_known < 0.5) & (dist_unknown < dist_known)
         terms = {"loss_forget": loss_forget.item(), "loss_act": loss_act.item(), "loss_lm": loss_lm.item()}
         if self.use_context:
-            questions = self.sae.encode(acts[self.questions.rows, self.questions.cols])
-            q_dist_unknown, q_dist_known = self._question_distances(questions)
+            q_latents = self.sae.encode(acts[questions.rows, questions.cols])
+            q_dist_unknown, q_dist_known = self._question_distances(q_latents, questions.rows, kept, target_rows)
             loss_context = _hinge(q_dist_unknown, q_dist_known, cfg.question_margin)
             loss = loss + loss_context
             terms["loss_context"] = loss_context.item()
             with torch.no_grad():
                 question_flipped = q_dist_unknown < q_dist_known
             per_target["question_flipped"] = (
-                pd.Series(question_flipped.float().numpy()).groupby(self.target_names, sort=False).mean().to_numpy()
+                pd.Series(question_flipped.float().numpy()).groupby(names, sort=False).mean().to_numpy()
             )
             flipped &= question_flipped
+        self.flipped[target_rows] = flipped
         return StepOutput(
             loss=loss,
             terms=terms | {"retain_kl": loss_lm.item()},
             per_target=per_target,
-            done=bool(flipped.all()),
+            done=bool(self.flipped.all()),
         )
+
+    def _target_draw(self) -> Int[torch.Tensor, " n"]:
+        """This step's (target, template) rows, target by target: every row, or with more than `target_rows`
+        of them, the next share of a per-cycle shuffle of each target's templates (seeded)."""
+        n_targets, n_templates = len(self.task.targets), len(self.task.templates)
+        if self.turn == 0:
+            self.order = torch.rand(n_targets, n_templates, generator=self.generator).argsort(-1)
+        share = math.ceil(n_templates / self.n_turns)
+        templates = self.order[:, self.turn * share : (self.turn + 1) * share]
+        self.turn = (self.turn + 1) % self.n_turns
+        return (torch.arange(n_targets)[:, None] * n_templates + templates).flatten().sort().values
 
     def _retain_draw(self) -> tuple[Int[torch.Tensor, " n_retain"], Int[torch.Tensor, " n_lines"]]:
         """This step's retain entity rows and retain lines: a fresh random share of the pool (seeded)."""
@@ -215,13 +250,18 @@ class SAEGuided(Method):
         return retain_rows, lm_rows
 
     def _question_distances(
-        self, q: Float[torch.Tensor, "n d_sae"]
-    ) -> tuple[Float[torch.Tensor, " rows"], Float[torch.Tensor, " rows"]]:
-        """Per target question: `(d_τ(q, Q_U), d_τ(q, Q_K))` over its tokens after the name."""
-        rows = self.questions.rows
+        self,
+        q: Float[torch.Tensor, "n d_sae"],
+        rows: Int[torch.Tensor, " n"],
+        kept: Bool[torch.Tensor, " n_all"],
+        target_rows: Int[torch.Tensor, " m"],
+    ) -> tuple[Float[torch.Tensor, " m"], Float[torch.Tensor, " m"]]:
+        """Per drawn question: `(d_τ(q, Q_U), d_τ(q, Q_K))` over its tokens after the name (`rows` number them,
+        `kept` picks their references)."""
+        gap = self.question_gap[target_rows]
         return (
-            _per_row(rows, (q - self.q_unknown).square().sum(-1)) / self.question_gap,
-            _per_row(rows, (q - self.q_known).square().sum(-1)) / self.question_gap,
+            _per_row(rows, (q - self.q_unknown[kept]).square().sum(-1)) / gap,
+            _per_row(rows, (q - self.q_known[kept]).square().sum(-1)) / gap,
         )
 
 
@@ -237,7 +277,7 @@ def _hinge(
     per_row = gap.clamp(min=0)
     if keep_pulling is not None:
         per_row = per_row + torch.where(keep_pulling & (gap <= 0), dist_unknown, torch.zeros_like(dist_unknown))
-    return per_row.mean()
+    return per_row.sum() / (per_row.detach() > 0).sum().clamp(min=1)
 
 
 def _per_row(rows: Int[torch.Tensor, " n"], values: Float[torch.Tensor, " n"]) -> Float[torch.Tensor, " rows"]:
