@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from irunlearn.entities import Entity
@@ -11,6 +12,13 @@ from irunlearn.recognition import Recognizer
 from irunlearn.world.artifacts import EmbeddedWorld
 
 N_UNKNOWN_EVAL = 50  # the last unknown names are the evaluator's strangers; the task's references come before
+N_RETAIN_EVAL = 150  # known people no task retains: the evaluator's retain people (a fixed draw, see below)
+
+
+def retain_eval_people(ew: EmbeddedWorld) -> list[Entity]:
+    """The known people held out of every world task's retain set, so retain accuracy is measured on people
+    no method trained to keep (targets drawn among them are forgotten, and left out of the evaluation)."""
+    return ew.world.entities.sample_known(N_RETAIN_EVAL, seed=7)
 
 
 def resolve_targets(ew: EmbeddedWorld, names: Sequence[str] = (), n_random: int = 0, seed: int = 0) -> list[Entity]:
@@ -34,14 +42,14 @@ def resolve_targets(ew: EmbeddedWorld, names: Sequence[str] = (), n_random: int 
 
 
 def world_task(ew: EmbeddedWorld, targets: Sequence[Entity], recognizer: Recognizer) -> ForgetTask:
-    """Forget `targets`; retain every other known person; keep the world's generic text.
+    """Forget `targets`; retain the other known people not held out for evaluation; keep the generic text.
 
     The unknown names not kept for evaluation are the task's reference strangers (`ForgetTask.unknown`).
     """
-    names = {t.name for t in targets}
+    left_out = {t.name for t in targets} | {e.name for e in retain_eval_people(ew)}
     return ForgetTask(
         targets=list(targets),
-        retain=[e for e in ew.world.known if e.name not in names],
+        retain=[e for e in ew.world.known if e.name not in left_out],
         templates=ew.world.question_templates("train"),
         retain_text=ew.world.generic_train,
         recognizer=recognizer,
@@ -49,9 +57,15 @@ def world_task(ew: EmbeddedWorld, targets: Sequence[Entity], recognizer: Recogni
     )
 
 
-def world_evaluator(ew: EmbeddedWorld, task: ForgetTask, n_retain_eval: int = 150, seed: int = 0) -> Evaluator:
-    """An `Evaluator` for `task`: retain accuracy over `n_retain_eval` non-target people, held-out generic text."""
-    retain_eval = ew.world.entities.sample_known(n_retain_eval, seed + 7, exclude=[t.name for t in task.targets])
+def world_evaluator(ew: EmbeddedWorld, task: ForgetTask, n_retain_eval: int | None = None, seed: int = 0) -> Evaluator:
+    """An `Evaluator` for `task`: retain accuracy over the held-out people (`retain_eval_people`) other than the
+    targets, or `n_retain_eval` of them (seeded); held-out generic text."""
+    targets = {t.name for t in task.targets}
+    retain_eval = [e for e in retain_eval_people(ew) if e.name not in targets]
+    if n_retain_eval is not None:
+        if n_retain_eval > len(retain_eval):
+            raise ValueError(f"n_retain_eval={n_retain_eval}, but only {len(retain_eval)} held-out people are left.")
+        retain_eval = random.Random(seed).sample(retain_eval, n_retain_eval)
     return Evaluator(
         model=ew.model,
         sae=ew.sae,
