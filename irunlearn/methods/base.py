@@ -189,9 +189,9 @@ def run(method: Method, model: HookedTransformer) -> UnlearnResult:
     start = time.perf_counter()
     if method.inference_only:
         method.attach(edited)
-        history, stop_reason, steps = pd.DataFrame(), "hooks_attached", 0
+        history, stop_reason, steps, untimed = pd.DataFrame(), "hooks_attached", 0, 0.0
     else:
-        history, stop_reason, steps = _optimise(method, edited, hook_name)
+        history, stop_reason, steps, untimed = _optimise(method, edited, hook_name)
     return UnlearnResult(
         method=method.name,
         model=edited,
@@ -200,14 +200,19 @@ def run(method: Method, model: HookedTransformer) -> UnlearnResult:
         targets=[e.name for e in method.task.targets],
         stop_reason=stop_reason,
         steps=steps,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start - untimed,
         persistent=not method.inference_only,
     )
 
 
-def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple[pd.DataFrame, str, int]:
-    """The optimisation loop: step, roll back on NaN or retain blow-up, stop `extra_steps` after done."""
+def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple[pd.DataFrame, str, int, float]:
+    """The optimisation loop: step, roll back on NaN or retain blow-up, stop `extra_steps` after done.
+
+    Returns the history, the stop reason, the updates applied and the seconds spent on `track_answers`
+    (left out of every time it reports: the history's `seconds` count from the start, setup included).
+    """
     config = method.config
+    start, monitor_seconds = time.perf_counter(), 0.0
     layers = config.layers if config.layers is not None else tuple(range(stop_layer(hook_name) or model.cfg.n_layers))
     weights = TrainableWeights(model, layers, config.train_attn, config.lora_rank)
     optimizer = torch.optim.Adam(weights.parameters(), lr=config.lr)
@@ -215,8 +220,9 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     method.setup(model)
     records, stop_reason, done_since, updates = [], "max_steps", None, 0
     task = method.task
+    tic = time.perf_counter()
     monitor = task.answer_batch(model, task.targets) if config.track_answers else None
-    start, monitor_seconds = time.perf_counter(), 0.0
+    monitor_seconds += time.perf_counter() - tic
     good = weights.snapshot()
     bar = tqdm(range(config.max_steps), desc=method.name, disable=not config.progress, leave=False)
     for step in bar:
@@ -250,7 +256,8 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
         updates += 1
     weights.finish()
     model.eval()
-    return (pd.concat(records, ignore_index=True) if records else pd.DataFrame()), stop_reason, updates
+    history = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
+    return history, stop_reason, updates, monitor_seconds
 
 
 def _seed_everything(seed: int) -> None:
