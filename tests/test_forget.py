@@ -197,6 +197,9 @@ def test_many_targets_take_turns_and_every_question_is_read_once_per_cycle(ew, r
     single = SAEGuided(world_task(ew, task.targets[:1], recognizer), ew.sae, SAEGuidedConfig(progress=False))
     single.setup(ew.model)
     assert single.n_turns == 1 and torch.equal(single._target_draw(), torch.arange(n_templates))
+    tiny = SAEGuided(task, ew.sae, SAEGuidedConfig(target_rows=4, progress=False))
+    tiny.setup(ew.model)  # fewer rows a step than targets: one template each, a cycle of every template
+    assert tiny.n_turns == n_templates and all(len(tiny._target_draw()) == 10 for _ in range(n_templates + 1))
 
 
 def test_retain_terms_draw_a_fresh_share_of_the_pool_each_step(ew, task):

@@ -76,7 +76,7 @@ class SAEGuidedConfig(ForgetConfig):
     n_reference: int = 8  # unknown and known people whose questions give Q_U and Q_K
     retain_pool: int = 10  # retain entities and lines are drawn afresh each step from this many times the sample
     extra_steps: int = 2  # steps after the flip; more overshoot the strangers (see the module docstring)
-    target_rows: int = 64  # most target questions per step; more (target, template) pairs are seen in turns
+    target_rows: int = 64  # most target questions per step (at least one per target); more are read in turns
 
 
 @dataclass
@@ -141,7 +141,7 @@ class SAEGuided(Method):
         self.retain_batch, _ = task.entity_batch(model, retain, cfg.retain_templates_per_entity, cfg.seed)
         self.n_target_rows = len(self.questions.names.positions)
         # every (target, template) row is read once per cycle of `n_turns` steps; `flipped` keeps its last reading
-        self.n_turns = math.ceil(self.n_target_rows / cfg.target_rows)
+        self.n_turns = min(math.ceil(self.n_target_rows / cfg.target_rows), len(task.templates))
         self.turn, self.order = 0, torch.empty(0, dtype=torch.long)
         self.flipped = torch.zeros(self.n_target_rows, dtype=torch.bool)
         self.use_context = cfg.context and bool(task.unknown)
