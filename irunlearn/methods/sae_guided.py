@@ -19,15 +19,9 @@ Why the context term: in the embedded world the question tokens after the name h
 person's facts from the name at layer 1 (attention reads the name's layer-0 state), so moving only the name
 token's latents at the SAE's hook can leave the answers intact. `q_t` are the latents at every question
 token after the name; `Q_U`, `Q_K` their per-template means over unknown and known people; `d_τ` the squared
-distance summed over those tokens, divided by ‖Q_U − Q_K‖². MLP outputs at the question tokens are detached,
-so the question words' own processing is not edited: the term reaches the weights through the name's tokens
-and through attention, i.e. through what the question tokens read from the name. Retain entities that share
-a name word with a target come first in the retain sample.
-
-Attention is trainable by default (`train_attn`), unlike the baselines' default. With the MLPs alone, the
-edit that forgets many people together takes more steps, every step moving everyone's name latents, and
-people who share a name word with a target lose their answers; with attention it takes fewer steps and keeps
-them (README, "Performance": 10 targets together).
+distance summed over those tokens, divided by ‖Q_U − Q_K‖². Its gradient reaches the weights only through
+the name's own tokens (MLP outputs at the question tokens are detached), so the shared question words are not
+edited. Retain entities that share a name word with a target come first in the retain sample.
 
 The retain terms (L_act, L_lm) see a fresh draw each step from a pool `retain_pool` times their per-step
 size, computed once with the original weights: coverage of the other people grows at the same cost per
@@ -70,7 +64,7 @@ class SAEGuidedConfig(ForgetConfig):
     beta: float = 0.5  # pull_push only
     margin: float = 1.0  # pull_push only: m
     lambda_act: float = 1.0
-    lambda_lm: float = 10.0
+    lambda_lm: float = 5.0
     latents: Literal["all", "selected"] = "all"
     n_retain_entities: int = 16  # per step, as is n_retain_text (fact lines and as many generic lines)
     retain_templates_per_entity: int = 3
@@ -83,7 +77,6 @@ class SAEGuidedConfig(ForgetConfig):
     retain_pool: int = 10  # retain entities and lines are drawn afresh each step from this many times the sample
     extra_steps: int = 2  # steps after the flip; more overshoot the strangers (see the module docstring)
     target_rows: int = 64  # most target questions per step (at least one per target); more are read in turns
-    train_attn: bool = True  # attention Q/K/V/O too (see the module docstring)
 
 
 @dataclass
