@@ -6,8 +6,9 @@ For every weight-editing method and each target (5 random known people × seeds 
 forgotten one at a time: time and steps to the method's own stop point; time and steps until the target's
 training-template answers are gone (`forget_acc ≤ 0.05`); whether the stop point is *genuine* forgetting
 (`forget_acc ≤ 0.05`, `idk_rate ≥ 0.8`, both probes < 0.5, `retain_acc ≥ 0.97`); peak RSS during the run.
-Then, per seed, 10 targets forgotten together vs the first of them alone with `sae_guided`. Prints
-markdown tables and writes them to analysis/results/bench_forget.md.
+Then, per seed, 10 targets forgotten together vs the first of them alone with `sae_guided`, with its defaults
+and with the many-targets setting (`BATCH_SETTINGS`). Prints markdown tables and writes them to
+analysis/results/bench_forget.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
 
 RESULTS = Path(__file__).parent / "results"
 WEIGHT_EDITING = [name for name, cls in METHODS.items() if not cls.inference_only]
+# sae_guided's defaults, and the setting for many targets at once: attention trainable, retain KL weighed double
+BATCH_SETTINGS = {"default": {}, "train_attn, lambda_lm 10": {"train_attn": True, "lambda_lm": 10.0}}
 
 
 class PeakRSS:
@@ -68,10 +71,10 @@ def genuine(summary: dict) -> bool:
     )
 
 
-def run_one(ew, recognizer, targets, method: str) -> dict:
+def run_one(ew, recognizer, targets, method: str, **overrides) -> dict:
     task = world_task(ew, targets, recognizer)
     with PeakRSS() as memory:
-        result = forget(ew.model, ew.sae, task, method=method, progress=False, track_answers=True)
+        result = forget(ew.model, ew.sae, task, method=method, progress=False, track_answers=True, **overrides)
     summary, _ = world_evaluator(ew, task).evaluate(result.model)
     steps_to_forget, seconds_to_forget = first_reached(result.history)
     return {
@@ -133,25 +136,30 @@ def main() -> None:
         batch = []
         for seed in seeds:
             many = resolve_targets(ew, n_random=10, seed=seed)
-            one = run_one(ew, recognizer, many[:1], "sae_guided")
-            ten = run_one(ew, recognizer, many, "sae_guided")
-            batch += [row | {"seed": seed, "ratio": ten["seconds"] / one["seconds"]} for row in (one, ten)]
-            print(f"seed {seed}: 10 targets {ten['seconds']:.2f} s, 1 target {one['seconds']:.2f} s", flush=True)
+            for setting, overrides in BATCH_SETTINGS.items():
+                one = run_one(ew, recognizer, many[:1], "sae_guided", **overrides)
+                ten = run_one(ew, recognizer, many, "sae_guided", **overrides)
+                ratio = ten["seconds"] / one["seconds"]
+                batch += [row | {"setting": setting, "seed": seed, "ratio": ratio} for row in (one, ten)]
+                print(f"seed {seed}, {setting}: 10 targets {ten['seconds']:.2f} s, 1: {one['seconds']:.2f} s")
         batch = pd.DataFrame(batch)
-        columns = ["seed", "targets", "stop_reason", "steps", "seconds", "genuine", "forget_acc", "idk_rate"]
-        columns += ["retain_acc", "peak_rss_mb"]
-        ratios = batch.loc[batch["targets"] == 10, "ratio"]
+        columns = ["setting", "seed", "targets", "stop_reason", "steps", "seconds", "genuine", "forget_acc"]
+        columns += ["idk_rate", "retain_acc", "peak_rss_mb"]
         lines += [
             "## 10 targets together vs 1 (sae_guided)",
             "",
-            "Per seed: 10 random known people forgotten together, and the first of them alone.",
+            "Per seed: 10 random known people forgotten together, and the first of them alone, with sae_guided's "
+            f"defaults and with each other setting of `BATCH_SETTINGS` ({BATCH_SETTINGS}).",
             "",
             markdown(batch[columns]),
-            f"Ratio of 10 together to 1: median {ratios.median():.2f} (seeds: "
-            + ", ".join(f"{r:.2f}" for r in ratios)
-            + ") (target ≤ 3).",
-            "",
         ]
+        for setting, rows in batch[batch["targets"] == 10].groupby("setting", sort=False):
+            lines += [
+                f"Ratio of 10 together to 1 ({setting}): median {rows['ratio'].median():.2f} (seeds: "
+                + ", ".join(f"{r:.2f}" for r in rows["ratio"])
+                + f") (target ≤ 3); genuine on {int(rows['genuine'].sum())} of {len(rows)} seeds.",
+                "",
+            ]
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)
