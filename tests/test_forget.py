@@ -219,14 +219,18 @@ def test_retain_terms_draw_a_fresh_share_of_the_pool_each_step(ew, task):
 
 
 @pytest.mark.slow
-def test_ten_targets_together_keep_the_other_peoples_answers(ew, recognizer):
-    """The others' answers stay (held-out people, none in any retain sample): 0.956 on this seed; a fixed
-    retain sample kept 0.85 even of people it could train on. The loss falls on people who share a name
-    word with a target (0.76 of their answers), the rest keep 0.98."""
+@pytest.mark.parametrize(
+    ("overrides", "min_retain"), [({}, 0.94), ({"train_attn": True, "lambda_lm": 10.0}, 0.97)], ids=["default", "attn"]
+)
+def test_ten_targets_together_keep_the_other_peoples_answers(ew, recognizer, overrides, min_retain):
+    """The others' answers stay (held-out people, none in any retain sample). Defaults: 0.956 on this seed
+    (a fixed retain sample kept 0.85 even of people it could train on); the loss falls on people who share
+    a name word with a target (0.76 of their answers), the rest keep 0.98. The many-targets setting
+    (attention trainable, λ_lm 10) keeps 0.982."""
     task = world_task(ew, resolve_targets(ew, n_random=10, seed=0), recognizer)
-    result = forget(ew.model, ew.sae, task, progress=False)
+    result = forget(ew.model, ew.sae, task, progress=False, **overrides)
     assert result.stop_reason == "flipped", result.history.tail()
     summary, per_target = world_evaluator(ew, task).evaluate(result.model)
     assert (per_target["forget_acc"] <= 0.05).all(), per_target
-    assert summary["retain_acc"] >= 0.94
+    assert summary["retain_acc"] >= min_retain
     assert (per_target["probe_p_known_sae"] < 0.5).all() and (per_target["probe_p_known_resid"] < 0.5).all()
