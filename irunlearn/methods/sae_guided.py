@@ -21,7 +21,9 @@ token's latents at the SAE's hook can leave the answers intact. `q_t` are the la
 token after the name; `Q_U`, `Q_K` their per-template means over unknown and known people; `d_τ` the squared
 distance summed over those tokens, divided by ‖Q_U − Q_K‖². Its gradient reaches the weights only through
 the name's own tokens (MLP outputs at the question tokens are detached), so the shared question words are not
-edited. Retain entities that share a name word with a target come first in the retain sample.
+edited. With `train_attn=True` (the setting for many targets at once, README "Design notes") it also
+reaches attention, i.e. what the question tokens read from the name. Retain entities that share a name word
+with a target come first in the retain sample.
 
 The retain terms (L_act, L_lm) see a fresh draw each step from a pool `retain_pool` times their per-step
 size, computed once with the original weights: coverage of the other people grows at the same cost per
@@ -171,7 +173,7 @@ class SAEGuided(Method):
         slot = torch.searchsorted(keys, self.questions.keys.contiguous())
         self.q_unknown, self.q_known = q_unknown[slot], q_known[slot]
         self.question_gap = _per_row(self.questions.rows, (self.q_unknown - self.q_known).square().sum(-1))
-        # the context term may change the model only through the name's tokens, not the shared question words
+        # the context term may change the MLPs only through the name's tokens, not the shared question words
         self.detach_at = [
             f"blocks.{layer}.hook_mlp_out" for layer in range(stop_layer(self.hook_name) or model.cfg.n_layers)
         ]
