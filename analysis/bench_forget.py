@@ -5,10 +5,11 @@
 For every weight-editing method and each target (5 random known people × seeds 0, 1, 2; `--quick`: 1 × 1),
 forgotten one at a time: time and steps to the method's own stop point; time and steps until the target's
 training-template answers are gone (`forget_acc ≤ 0.05`); whether the stop point is *genuine* forgetting
-(`forget_acc ≤ 0.05`, `idk_rate ≥ 0.8`, both probes < 0.5, `retain_acc ≥ 0.97`); peak RSS during the run.
-Then, per seed, 10 targets forgotten together vs the first of them alone with `sae_guided`, with its defaults
-and with the many-targets setting (`BATCH_SETTINGS`). Prints markdown tables and writes them to
-analysis/results/bench_forget.md.
+(`forget_acc ≤ 0.05`, `idk_rate ≥ 0.8`, both probes < 0.5, `retain_acc ≥ 0.97`); the perplexity ratio on
+held-out generic text; peak RSS during the run. Then, per seed, 10 targets forgotten together vs the first of
+them alone with `sae_guided`, with its defaults and with the many-targets setting (`BATCH_SETTINGS`), also
+reporting indistinguishability from strangers (which the genuine check above leaves out). Prints markdown
+tables and writes them to analysis/results/bench_forget.md.
 """
 
 from __future__ import annotations
@@ -71,11 +72,13 @@ def genuine(summary: dict) -> bool:
     )
 
 
-def run_one(ew, recognizer, targets, method: str, **overrides) -> dict:
+def run_one(ew, recognizer, targets, method: str, genuineness: bool = False, **overrides) -> dict:
+    """One forgetting run, timed and evaluated; with `genuineness`, also indistinguishability from strangers."""
     task = world_task(ew, targets, recognizer)
     with PeakRSS() as memory:
         result = forget(ew.model, ew.sae, task, method=method, progress=False, track_answers=True, **overrides)
-    summary, _ = world_evaluator(ew, task).evaluate(result.model)
+    summary, _ = world_evaluator(ew, task).evaluate(result.model, genuineness=genuineness)
+    extra = ("indistinguishability", "indistinguishability_resid") if genuineness else ()
     steps_to_forget, seconds_to_forget = first_reached(result.history)
     return {
         "method": method,
@@ -87,7 +90,11 @@ def run_one(ew, recognizer, targets, method: str, **overrides) -> dict:
         "seconds_to_forget_acc": seconds_to_forget,
         "genuine": genuine(summary),
         "peak_rss_mb": memory.peak / 2**20,
-        **{k: summary[k] for k in ("forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid")},
+        **{
+            k: summary[k]
+            for k in ("forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid", "ppl_ratio")
+            + extra
+        },
     }
 
 
@@ -116,6 +123,7 @@ def main() -> None:
         genuine_rate=("genuine", "mean"),
         peak_rss_mb=("peak_rss_mb", "max"),
         retain_acc=("retain_acc", "mean"),
+        median_ppl_ratio=("ppl_ratio", "median"),
     )
     ours = table.loc["sae_guided", "median_seconds"]
     table["seconds_vs_sae_guided"] = table["median_seconds"] / ours
@@ -137,14 +145,15 @@ def main() -> None:
         for seed in seeds:
             many = resolve_targets(ew, n_random=10, seed=seed)
             for setting, overrides in BATCH_SETTINGS.items():
-                one = run_one(ew, recognizer, many[:1], "sae_guided", **overrides)
-                ten = run_one(ew, recognizer, many, "sae_guided", **overrides)
+                one = run_one(ew, recognizer, many[:1], "sae_guided", genuineness=True, **overrides)
+                ten = run_one(ew, recognizer, many, "sae_guided", genuineness=True, **overrides)
                 ratio = ten["seconds"] / one["seconds"]
                 batch += [row | {"setting": setting, "seed": seed, "ratio": ratio} for row in (one, ten)]
                 print(f"seed {seed}, {setting}: 10 targets {ten['seconds']:.2f} s, 1: {one['seconds']:.2f} s")
         batch = pd.DataFrame(batch)
         columns = ["setting", "seed", "targets", "stop_reason", "steps", "seconds", "genuine", "forget_acc"]
-        columns += ["idk_rate", "retain_acc", "peak_rss_mb"]
+        columns += ["idk_rate", "retain_acc", "ppl_ratio", "indistinguishability", "indistinguishability_resid"]
+        columns += ["peak_rss_mb"]
         lines += [
             "## 10 targets together vs 1 (sae_guided)",
             "",
