@@ -34,6 +34,8 @@ RESULTS = Path(__file__).parent / "results"
 WEIGHT_EDITING = [name for name, cls in METHODS.items() if not cls.inference_only]
 # sae_guided's defaults, and the setting for many targets at once: attention trainable, retain KL weighed double
 BATCH_SETTINGS = {"default": {}, "train_attn, lambda_lm 10": {"train_attn": True, "lambda_lm": 10.0}}
+RUN_COLUMNS = ("forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid", "ppl_ratio")
+INDISTINGUISHABILITY = ("indistinguishability", "indistinguishability_resid")
 
 
 class PeakRSS:
@@ -72,13 +74,16 @@ def genuine(summary: dict) -> bool:
     )
 
 
-def run_one(ew, recognizer, targets, method: str, genuineness: bool = False, **overrides) -> dict:
-    """One forgetting run, timed and evaluated; with `genuineness`, also indistinguishability from strangers."""
+def run_one(ew, recognizer, targets, method: str, indistinguishability: bool = False, **overrides) -> dict:
+    """One forgetting run, timed and evaluated; with `indistinguishability`, also how well the probes tell the
+    targets from strangers."""
     task = world_task(ew, targets, recognizer)
     with PeakRSS() as memory:
         result = forget(ew.model, ew.sae, task, method=method, progress=False, track_answers=True, **overrides)
-    summary, _ = world_evaluator(ew, task).evaluate(result.model, genuineness=genuineness)
-    extra = ("indistinguishability", "indistinguishability_resid") if genuineness else ()
+    evaluator = world_evaluator(ew, task)
+    summary, _ = evaluator.evaluate(result.model)
+    if indistinguishability:
+        summary |= evaluator.indistinguishability(result.model)
     steps_to_forget, seconds_to_forget = first_reached(result.history)
     return {
         "method": method,
@@ -90,11 +95,7 @@ def run_one(ew, recognizer, targets, method: str, genuineness: bool = False, **o
         "seconds_to_forget_acc": seconds_to_forget,
         "genuine": genuine(summary),
         "peak_rss_mb": memory.peak / 2**20,
-        **{
-            k: summary[k]
-            for k in ("forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid", "ppl_ratio")
-            + extra
-        },
+        **{k: summary[k] for k in RUN_COLUMNS + INDISTINGUISHABILITY if k in summary},
     }
 
 
@@ -145,15 +146,14 @@ def main() -> None:
         for seed in seeds:
             many = resolve_targets(ew, n_random=10, seed=seed)
             for setting, overrides in BATCH_SETTINGS.items():
-                one = run_one(ew, recognizer, many[:1], "sae_guided", genuineness=True, **overrides)
-                ten = run_one(ew, recognizer, many, "sae_guided", genuineness=True, **overrides)
+                one = run_one(ew, recognizer, many[:1], "sae_guided", indistinguishability=True, **overrides)
+                ten = run_one(ew, recognizer, many, "sae_guided", indistinguishability=True, **overrides)
                 ratio = ten["seconds"] / one["seconds"]
                 batch += [row | {"setting": setting, "seed": seed, "ratio": ratio} for row in (one, ten)]
                 print(f"seed {seed}, {setting}: 10 targets {ten['seconds']:.2f} s, 1: {one['seconds']:.2f} s")
         batch = pd.DataFrame(batch)
         columns = ["setting", "seed", "targets", "stop_reason", "steps", "seconds", "genuine", "forget_acc"]
-        columns += ["idk_rate", "retain_acc", "ppl_ratio", "indistinguishability", "indistinguishability_resid"]
-        columns += ["peak_rss_mb"]
+        columns += ["idk_rate", "retain_acc", "ppl_ratio", *INDISTINGUISHABILITY, "peak_rss_mb"]
         lines += [
             "## 10 targets together vs 1 (sae_guided)",
             "",

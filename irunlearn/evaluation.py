@@ -129,16 +129,34 @@ class Evaluator:
     def genuineness(self, model: HookedTransformer) -> dict:
         """Is the forgetting genuine, beyond the answers?
 
-        - `indistinguishability` (`_resid`): 1 − 2·|AUROC(target vs unknown entities, by probe p) − 0.5|,
-          over every (entity × template); 1 means the probe cannot tell the target from a stranger.
+        - `indistinguishability` (`_resid`): see `indistinguishability`.
         - `distinct2`, `repetition_rate` of free generations about the targets, and `generation_health` =
           distinct2 after / before (collapse drives it down).
         - `relearn_acc`: fine-tune `relearn_steps` steps on half of each target's attributes, accuracy on
           the other half; `relearn_acc_unknown_ref` is the same procedure on the original model for
           genuinely unknown names given the targets' facts: what relearning from nothing reaches.
         """
+        indistinguishable = self.indistinguishability(model)
+        generations = self._generations(model)
+        if self._relearn_reference is None:
+            strangers = [
+                Entity(u.name, t.attributes) for u, t in zip(self.unknown_reference, self.targets, strict=False)
+            ]
+            self._relearn_reference = self._relearn(self.model, strangers)
+        return indistinguishable | {
+            "distinct2": distinct_n(generations),
+            "repetition_rate": repetition_rate(generations),
+            "generation_health": distinct_n(generations) / distinct_n(self._generations_before),
+            "relearn_acc": self._relearn(model, self.targets),
+            "relearn_acc_unknown_ref": self._relearn_reference,
+        }
+
+    def indistinguishability(self, model: HookedTransformer) -> dict[str, float]:
+        """`indistinguishability` (SAE probe) and `indistinguishability_resid` (residual probe):
+        1 − 2·|AUROC(target vs unknown entities, by probe p) − 0.5| over every (entity × template); 1 means
+        the probe cannot tell the target from a stranger."""
         if not self.unknown_reference:
-            raise ValueError("genuineness needs Evaluator.unknown_reference (genuinely unknown entities).")
+            raise ValueError("indistinguishability needs Evaluator.unknown_reference (genuinely unknown entities).")
         templates = self.train_templates + self.heldout_templates
         names = [t.name for t in self.targets] + [u.name for u in self.unknown_reference]
         acts = extract_activations(
@@ -150,24 +168,11 @@ class Evaluator:
             prepend_bos=self.prepend_bos,
             progress=False,
         )
-        latents = encode_latents(self.sae, acts.resid)
-        is_target = acts.labels
-        generations = self._generations(model)
-        if self._relearn_reference is None:
-            strangers = [
-                Entity(u.name, t.attributes) for u, t in zip(self.unknown_reference, self.targets, strict=False)
-            ]
-            self._relearn_reference = self._relearn(self.model, strangers)
+        p_sae = self.recognizer.sae_probe.predict_proba(encode_latents(self.sae, acts.resid))
+        p_resid = self.recognizer.resid_probe.predict_proba(acts.resid)
         return {
-            "indistinguishability": _indistinguishability(self.recognizer.sae_probe.predict_proba(latents), is_target),
-            "indistinguishability_resid": _indistinguishability(
-                self.recognizer.resid_probe.predict_proba(acts.resid), is_target
-            ),
-            "distinct2": distinct_n(generations),
-            "repetition_rate": repetition_rate(generations),
-            "generation_health": distinct_n(generations) / distinct_n(self._generations_before),
-            "relearn_acc": self._relearn(model, self.targets),
-            "relearn_acc_unknown_ref": self._relearn_reference,
+            "indistinguishability": _indistinguishability(p_sae, acts.labels),
+            "indistinguishability_resid": _indistinguishability(p_resid, acts.labels),
         }
 
     def _generations(self, model: HookedTransformer) -> list[list[int]]:

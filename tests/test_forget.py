@@ -39,6 +39,14 @@ def test_sae_guided_makes_the_target_unknown(ew, task, result):
     assert (per_target["dist_ratio"] < 1).all()
 
 
+def test_the_forgotten_target_becomes_hard_to_tell_from_strangers(ew, task, result):
+    """Before, both probes separate the known target from unknown names perfectly; after, much less."""
+    evaluator = world_evaluator(ew, task)
+    before, after = evaluator.indistinguishability(ew.model), evaluator.indistinguishability(result.model)
+    assert before["indistinguishability"] < 0.1 and before["indistinguishability_resid"] < 0.1
+    assert after["indistinguishability"] > 0.3 and after["indistinguishability_resid"] > 0.2
+
+
 def test_five_targets_together_meet_the_method_targets(ew, recognizer):
     """Seed 1's five people: with the name-token objective alone one of them (Peto Finsavel) kept every answer."""
     task = world_task(ew, resolve_targets(ew, n_random=5, seed=1), recognizer)
