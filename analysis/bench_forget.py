@@ -7,7 +7,7 @@ forgotten one at a time: time and steps to the method's own stop point; time and
 training-template answers are gone (`forget_acc ≤ 0.05`); whether the stop point is *genuine* forgetting
 (`forget_acc ≤ 0.05`, `idk_rate ≥ 0.8`, both probes < 0.5, `retain_acc ≥ 0.97`); the perplexity ratio on
 held-out generic text; peak RSS during the run. Then, per seed, 10 targets forgotten together vs the first of
-them alone with `sae_guided`, with its defaults and with the many-targets setting (`BATCH_SETTINGS`), also
+them alone with `sae_guided`, with its defaults and with the other settings of `BATCH_SETTINGS`, also
 reporting indistinguishability from strangers (which the genuine check above leaves out). Prints markdown
 tables and writes them to analysis/results/bench_forget.md.
 """
@@ -32,8 +32,13 @@ from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
 
 RESULTS = Path(__file__).parent / "results"
 WEIGHT_EDITING = [name for name, cls in METHODS.items() if not cls.inference_only]
-# sae_guided's defaults, and the setting for many targets at once: attention trainable, retain KL weighed double
-BATCH_SETTINGS = {"default": {}, "train_attn, lambda_lm 10": {"train_attn": True, "lambda_lm": 10.0}}
+# sae_guided's defaults; attention trainable with the retain KL weighed double; L_act also holding the question
+# tokens of 32 retain people (name-sharers first)
+BATCH_SETTINGS = {
+    "default": {},
+    "train_attn, lambda_lm 10": {"train_attn": True, "lambda_lm": 10.0},
+    "hold_questions 32": {"hold_questions": 32},
+}
 RUN_COLUMNS = ("forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid", "ppl_ratio")
 INDISTINGUISHABILITY = ("indistinguishability", "indistinguishability_resid")
 

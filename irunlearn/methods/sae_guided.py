@@ -79,6 +79,8 @@ class SAEGuidedConfig(ForgetConfig):
     retain_pool: int = 10  # retain entities and lines are drawn afresh each step from this many times the sample
     extra_steps: int = 2  # steps after the flip; more overshoot the strangers (see the module docstring)
     target_rows: int = 64  # most target questions per step (at least one per target); more are read in turns
+    hold_questions: int = 0  # retain people (name-sharers first) whose question tokens L_act also holds; 0: off
+    hold_question_rows: int = 32  # of their whole questions per step
 
 
 @dataclass
@@ -157,8 +159,11 @@ class SAEGuided(Method):
         )
         self.n_lm_rows = min(len(self.lm_tokens), 2 * cfg.n_retain_text)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.held = QuestionBatch.build(model, task, retain[: cfg.hold_questions]) if cfg.hold_questions else None
         with torch.no_grad():
             self.retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
+            if self.held is not None:
+                self.held_latents = self._question_latents(model, self.held)
             self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
             if self.use_context:
                 self._setup_context(model, rng)
@@ -183,7 +188,7 @@ class SAEGuided(Method):
     ) -> tuple[Int[torch.Tensor, " k"], Float[torch.Tensor, "k d_sae"]]:
         """Mean latents per (template, question token) over `people`'s questions, and those keys."""
         batch = QuestionBatch.build(model, self.task, people)
-        latents = self.sae.encode(forward_to_hook(model, batch.names.tokens, self.hook_name)[batch.rows, batch.cols])
+        latents = self._question_latents(model, batch)
         keys, slot = batch.keys.unique(return_inverse=True)
         sums = torch.zeros(len(keys), latents.shape[1]).index_add_(0, slot, latents)
         return keys, sums / torch.bincount(slot)[:, None]
@@ -206,6 +211,8 @@ class SAEGuided(Method):
         else:
             loss_forget = (dist_unknown - cfg.beta * dist_known.clamp(max=cfg.margin)).mean()
         loss_act = (retain_latents - self.retain_latents[retain_rows]).square().sum(-1).mean() / self.gap
+        if self.held is not None:
+            loss_act = loss_act + self._held_question_drift(model)
         logits = model(self.lm_tokens[lm_rows], return_type="logits")
         loss_lm = kl_to_reference(logits, self.ref_logprobs[lm_rows], self.lm_mask[lm_rows])
         loss = loss_forget + cfg.lambda_act * loss_act + cfg.lambda_lm * loss_lm
@@ -233,6 +240,18 @@ class SAEGuided(Method):
             per_target=per_target,
             done=bool(self.flipped.all()),
         )
+
+    def _question_latents(self, model: HookedTransformer, batch: QuestionBatch) -> Float[torch.Tensor, "n d_sae"]:
+        """SAE latents at every question token after the name."""
+        return self.sae.encode(forward_to_hook(model, batch.names.tokens, self.hook_name)[batch.rows, batch.cols])
+
+    def _held_question_drift(self, model: HookedTransformer) -> Float[torch.Tensor, ""]:
+        """L_act's question-token part: mean ‖q_r(θ) − q_r(θ₀)‖² / ‖μ_U − μ_K‖² over the question tokens of a
+        fresh draw of `hold_question_rows` of the held people's questions (what their answers are read from)."""
+        draw = torch.randperm(len(self.held.names.positions), generator=self.generator)
+        questions, kept = self.held.select(draw[: self.config.hold_question_rows].sort().values)
+        drift = self._question_latents(model, questions) - self.held_latents[kept]
+        return drift.square().sum(-1).mean() / self.gap
 
     def _target_draw(self) -> Int[torch.Tensor, " n"]:
         """This step's (target, template) rows, target by target: every row, or with more than `target_rows`
