@@ -25,6 +25,10 @@ edited. With `train_attn=True` (the setting for many targets at once, README "De
 reaches attention, i.e. what the question tokens read from the name. Retain entities that share a name word
 with a target come first in the retain sample.
 
+With `hold_questions=n`, L_act also holds the latents at the question tokens after the name of the first n
+retain people (those sharing a name word with a target first; `hold_question_rows` of their whole questions a
+step): the tokens their answers are read from, which the name token's latents alone do not pin down.
+
 The retain terms (L_act, L_lm) see a fresh draw each step from a pool `retain_pool` times their per-step
 size, computed once with the original weights: coverage of the other people grows at the same cost per
 step, which is what keeps their answers when many targets are forgotten together.
