@@ -32,12 +32,12 @@ from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
 
 RESULTS = Path(__file__).parent / "results"
 WEIGHT_EDITING = [name for name, cls in METHODS.items() if not cls.inference_only]
-# sae_guided's defaults; attention trainable with the retain KL weighed double; L_act also holding the question
-# tokens of 32 retain people (name-sharers first)
+# sae_guided's defaults; L_act holding the name token only (no retain people's question tokens, the default
+# until hold_questions); attention trainable with the retain KL weighed double
 BATCH_SETTINGS = {
     "default": {},
+    "hold_questions 0": {"hold_questions": 0},
     "train_attn, lambda_lm 10": {"train_attn": True, "lambda_lm": 10.0},
-    "hold_questions 32": {"hold_questions": 32},
 }
 RUN_COLUMNS = ("forget_acc", "idk_rate", "retain_acc", "probe_p_known_sae", "probe_p_known_resid", "ppl_ratio")
 INDISTINGUISHABILITY = ("indistinguishability", "indistinguishability_resid")

@@ -25,9 +25,11 @@ edited. With `train_attn=True` (the setting for many targets at once, README "De
 reaches attention, i.e. what the question tokens read from the name. Retain entities that share a name word
 with a target come first in the retain sample.
 
-With `hold_questions=n`, L_act also holds the latents at the question tokens after the name of the first n
-retain people (those sharing a name word with a target first; `hold_question_rows` of their whole questions a
-step): the tokens their answers are read from, which the name token's latents alone do not pin down.
+L_act also holds the latents at the question tokens after the name of up to `hold_questions` (32) retain
+people who share a name word with a target (`hold_question_rows` of their whole questions a step, from a
+pool `retain_pool` times that): the tokens their answers are read from, which the name token's latents alone
+do not pin down. With many targets at once the edit moves those tokens and these neighbours lose answers;
+one target has few such neighbours, so this costs it little (`hold_questions=0` turns it off).
 
 The retain terms (L_act, L_lm) see a fresh draw each step from a pool `retain_pool` times their per-step
 size, computed once with the original weights: coverage of the other people grows at the same cost per
@@ -83,7 +85,7 @@ class SAEGuidedConfig(ForgetConfig):
     retain_pool: int = 10  # retain entities and lines are drawn afresh each step from this many times the sample
     extra_steps: int = 2  # steps after the flip; more overshoot the strangers (see the module docstring)
     target_rows: int = 64  # most target questions per step (at least one per target); more are read in turns
-    hold_questions: int = 0  # retain people (name-sharers first) whose question tokens L_act also holds; 0: off
+    hold_questions: int = 32  # most retain people sharing a name word whose question tokens L_act holds; 0: off
     hold_question_rows: int = 32  # of their whole questions per step
 
 
@@ -163,7 +165,8 @@ class SAEGuided(Method):
         )
         self.n_lm_rows = min(len(self.lm_tokens), 2 * cfg.n_retain_text)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.held = QuestionBatch.build(model, task, retain[: cfg.hold_questions]) if cfg.hold_questions else None
+        sharers = [e for e in retain[: cfg.hold_questions] if _shares_a_name_word(e, task.targets)]
+        self.held = self._held_pool(model, sharers) if sharers else None
         with torch.no_grad():
             self.retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
             if self.held is not None:
@@ -186,6 +189,14 @@ class SAEGuided(Method):
         self.detach_at = [
             f"blocks.{layer}.hook_mlp_out" for layer in range(stop_layer(self.hook_name) or model.cfg.n_layers)
         ]
+
+    def _held_pool(self, model: HookedTransformer, people: list[Entity]) -> QuestionBatch:
+        """A seeded draw of `hold_question_rows × retain_pool` of `people`'s questions (all of them if fewer),
+        which L_act's question-token part draws from each step, as the other retain terms do from theirs."""
+        questions = QuestionBatch.build(model, self.task, people)
+        n_pool = self.config.hold_question_rows * self.config.retain_pool
+        pool = torch.randperm(len(questions.names.positions), generator=self.generator)[:n_pool]
+        return questions.select(pool.sort().values)[0]
 
     def _question_means(
         self, model: HookedTransformer, people: list[Entity]
@@ -319,11 +330,14 @@ def _detached_at(mask: torch.Tensor):
     return hook
 
 
+def _shares_a_name_word(entity: Entity, targets: list[Entity]) -> bool:
+    return bool({word for target in targets for word in target.name.split()} & set(entity.name.split()))
+
+
 def _retain_sample(task: ForgetTask, n: int, rng: random.Random) -> list[Entity]:
     """`n` retain entities: those sharing a name word with a target first (an edit of the target's name
     tokens reaches them most easily), then others at random."""
-    words = {word for target in task.targets for word in target.name.split()}
-    near = [e for e in task.retain if words & set(e.name.split())]
-    far = [e for e in task.retain if not words & set(e.name.split())]
+    near = [e for e in task.retain if _shares_a_name_word(e, task.targets)]
+    far = [e for e in task.retain if not _shares_a_name_word(e, task.targets)]
     rng.shuffle(near)
     return near[:n] + rng.sample(far, max(0, min(n - len(near), len(far))))
