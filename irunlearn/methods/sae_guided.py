@@ -21,9 +21,9 @@ token's latents at the SAE's hook can leave the answers intact. `q_t` are the la
 token after the name; `Q_U`, `Q_K` their per-template means over unknown and known people; `d_τ` the squared
 distance summed over those tokens, divided by ‖Q_U − Q_K‖². Its gradient reaches the weights only through
 the name's own tokens (MLP outputs at the question tokens are detached), so the shared question words are not
-edited. With `train_attn=True` (the setting for many targets at once, README "Design notes") it also
-reaches attention, i.e. what the question tokens read from the name. Retain entities that share a name word
-with a target come first in the retain sample.
+edited. With `train_attn=True` (README "Design notes") it also reaches attention, i.e. what the question
+tokens read from the name. Retain entities that share a name word with a target come first in the retain
+sample.
 
 L_act also holds the latents at the question tokens after the name of up to `hold_questions` (32) retain
 people who share a name word with a target (`hold_question_rows` of their whole questions a step, from a
