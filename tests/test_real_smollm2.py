@@ -11,9 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from irunlearn import models
 from irunlearn.qa import greedy_answers
 from irunlearn.real import fixture
 from irunlearn.real.labelling import greedy_generate, label_entities
+from irunlearn.real.pipeline import label_cities, label_counts, recognise
+from irunlearn.real.sae import SMOLLM2_SAE
 from irunlearn.real.wikidata import attributes, load_entities
 
 pytestmark = pytest.mark.real
@@ -63,3 +66,17 @@ def test_labelling_a_handful_of_cities(smollm2, tmp_path):
     assert time.perf_counter() - start < 5, "a rerun must come from the cache"
     assert cached.equals(answers)
     assert [e.name for e in cached_set.known] == [e.name for e in entity_set.known]
+
+
+def test_smollm2_recognises_cities(smollm2):
+    """On SmolLM2's own labels (big cities plus a random sample), both probes beat chance on held-out cities
+    and held-out phrasings (measured: residual 0.89, SAE 0.78). Here, not in test_real_pipeline.py, whose
+    module fixture points IRUNLEARN_WIKIDATA at a small synthetic record set."""
+    try:
+        entity_set, answers = label_cities(smollm2, progress=False)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    assert label_counts(answers).set_index("kind").loc["city", ["known", "unknown"]].tolist() == [157, 102]
+    recognizer = recognise(smollm2, models.load_sae(path=SMOLLM2_SAE), entity_set, progress=False)
+    assert recognizer.metrics["probe_auroc_resid"] > 0.8, recognizer.metrics
+    assert recognizer.metrics["probe_auroc_sae"] > 0.7, recognizer.metrics

@@ -66,7 +66,6 @@ def _default_overrides() -> dict[str, dict]:
             "n_retain_entities": 8,
             "retain_templates_per_entity": 1,
             "n_retain_text": 4,
-            "hold_questions": 0,  # the figures in README "Real models" were measured without it
         },
         "grad_ascent": {"lr": 3e-5, "max_steps": 30},
     }
