@@ -3,6 +3,7 @@
     L_forget  = mean⁺_{t,τ} max(0, d(z_t, μ_U) − d(z_t, μ_K) + δ_name)        at the name's last token
     L_context = mean⁺_{t,τ} max(0, d_τ(q_t, Q_U) − d_τ(q_t, Q_K) + δ_q)       at the question's tokens
     L_act     = mean_{r,τ} ‖z_r(θ) − z_r(θ₀)‖² / ‖μ_U − μ_K‖²
+              + mean_{h,i} ‖q_h,i(θ) − q_h,i(θ₀)‖² / ‖μ_U − μ_K‖²   (held neighbours' question tokens, below)
     L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
     L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm
 
@@ -337,7 +338,8 @@ def _shares_a_name_word(entity: Entity, targets: list[Entity]) -> bool:
 def _retain_sample(task: ForgetTask, n: int, rng: random.Random) -> list[Entity]:
     """`n` retain entities: those sharing a name word with a target first (an edit of the target's name
     tokens reaches them most easily), then others at random."""
-    near = [e for e in task.retain if _shares_a_name_word(e, task.targets)]
-    far = [e for e in task.retain if not _shares_a_name_word(e, task.targets)]
+    near, far = [], []
+    for entity in task.retain:
+        (near if _shares_a_name_word(entity, task.targets) else far).append(entity)
     rng.shuffle(near)
     return near[:n] + rng.sample(far, max(0, min(n - len(near), len(far))))
