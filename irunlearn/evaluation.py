@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import encode_latents, extract_activations
 from irunlearn.entities import UNKNOWN_ANSWER, Entity
 from irunlearn.lm import encode_lines, lm_loss, perplexity
+from irunlearn.metrics import MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template
 from irunlearn.qa import greedy_continuations, greedy_matches
@@ -72,6 +73,7 @@ class Evaluator:
     relearn_steps: int = 20
     relearn_lr: float = 1e-3
     seed: int = 0
+    oracle: HookedTransformer | None = None  # the model retrained without the targets, where one exists
 
     def __post_init__(self) -> None:
         self._retain_questions = fact_questions(self.retain_eval, self.train_templates)
@@ -127,53 +129,42 @@ class Evaluator:
         return summary, rows
 
     def genuineness(self, model: HookedTransformer) -> dict:
-        """Is the forgetting genuine, beyond the answers?
+        """Is the forgetting genuine, beyond the answers? Every registered metric of group "genuineness".
 
-        - `indistinguishability` (`_resid`): see `indistinguishability`.
-        - `distinct2`, `repetition_rate` of free generations about the targets, and `generation_health` =
-          distinct2 after / before (collapse drives it down).
-        - `relearn_acc`: fine-tune `relearn_steps` steps on half of each target's attributes, accuracy on
-          the other half; `relearn_acc_unknown_ref` is the same procedure on the original model for
-          genuinely unknown names given the targets' facts: what relearning from nothing reaches.
+        The built-in ones: indistinguishability from strangers (both probes), generation health of free
+        generations about the targets, and relearning against strangers taught the same facts (each
+        registered metric's docstring, below, defines it). `metric_table()` lists them with their directions.
         """
-        indistinguishable = self.indistinguishability(model)
-        generations = self._generations(model)
+        return self.metrics(model, [m.name for m in metrics_in("genuineness")])
+
+    def metrics(self, model: HookedTransformer, names: Sequence[str]) -> dict[str, float]:
+        """The aggregate values of the named registered metrics on `model` (all their needs checked first)."""
+        chosen = [get_metric(name) for name in names]
+        for metric in chosen:
+            missing = [need for need in metric.needs if not getattr(self, need, None)]
+            if missing:
+                raise ValueError(
+                    f"Metric {metric.name!r} needs Evaluator.{', Evaluator.'.join(missing)}: give it when building "
+                    "the evaluator, or leave the metric out."
+                )
+        values: dict[str, float] = {}
+        for metric in chosen:
+            values |= metric.fn(self, model).values
+        return values
+
+    def indistinguishability(self, model: HookedTransformer) -> dict[str, float]:
+        """`indistinguishability` (SAE probe) and `indistinguishability_resid` (residual probe) alone."""
+        return self.metrics(model, ["indistinguishability"])
+
+    def relearn_reference(self) -> float:
+        """What relearning reaches from nothing: the same fine-tuning on the original model for genuinely
+        unknown names given the targets' facts (computed once per evaluator)."""
         if self._relearn_reference is None:
             strangers = [
                 Entity(u.name, t.attributes) for u, t in zip(self.unknown_reference, self.targets, strict=False)
             ]
             self._relearn_reference = self._relearn(self.model, strangers)
-        return indistinguishable | {
-            "distinct2": distinct_n(generations),
-            "repetition_rate": repetition_rate(generations),
-            "generation_health": distinct_n(generations) / distinct_n(self._generations_before),
-            "relearn_acc": self._relearn(model, self.targets),
-            "relearn_acc_unknown_ref": self._relearn_reference,
-        }
-
-    def indistinguishability(self, model: HookedTransformer) -> dict[str, float]:
-        """`indistinguishability` (SAE probe) and `indistinguishability_resid` (residual probe):
-        1 − 2·|AUROC(target vs unknown entities, by probe p) − 0.5| over every (entity × template); 1 means
-        the probe cannot tell the target from a stranger."""
-        if not self.unknown_reference:
-            raise ValueError("indistinguishability needs Evaluator.unknown_reference (genuinely unknown entities).")
-        templates = self.train_templates + self.heldout_templates
-        names = [t.name for t in self.targets] + [u.name for u in self.unknown_reference]
-        acts = extract_activations(
-            model,
-            self.recognizer.hook_name,
-            [Entity(n) for n in names],
-            templates,
-            labels=[1] * len(self.targets) + [0] * len(self.unknown_reference),
-            prepend_bos=self.prepend_bos,
-            progress=False,
-        )
-        p_sae = self.recognizer.sae_probe.predict_proba(encode_latents(self.sae, acts.resid))
-        p_resid = self.recognizer.resid_probe.predict_proba(acts.resid)
-        return {
-            "indistinguishability": _indistinguishability(p_sae, acts.labels),
-            "indistinguishability_resid": _indistinguishability(p_resid, acts.labels),
-        }
+        return self._relearn_reference
 
     def _generations(self, model: HookedTransformer) -> list[list[int]]:
         prompts = [t.render(e.name) for e in self.targets for t in self.generation_templates]
@@ -190,6 +181,12 @@ class Evaluator:
             taught.append(Entity(entity.name, {a: entity.attributes[a] for a in attributes[:half]}))
             held.append(Entity(entity.name, {a: entity.attributes[a] for a in attributes[half:]}))
         lessons = fact_questions(taught, self.train_templates)
+        held_questions = fact_questions(held, self.train_templates)
+        if lessons.empty or held_questions.empty:
+            raise ValueError(
+                "Relearning needs targets with at least two attributes covered by the training templates (half "
+                f"taught, half held back); {[e.name for e in entities]} leave one half empty."
+            )
         student = copy.deepcopy(model)
         student.requires_grad_(True)
         optimizer = torch.optim.Adam(student.parameters(), lr=self.relearn_lr)
@@ -205,10 +202,84 @@ class Evaluator:
             lm_loss(student, tokens, mask).backward()
             optimizer.step()
         student.eval()
-        return float(_accuracy(student, fact_questions(held, self.train_templates), self.prepend_bos).mean())
+        return float(_accuracy(student, held_questions, self.prepend_bos).mean())
 
 
 GENERATION_TEMPLATES = (Template("{name}", kind="statement"), Template("Fact: {name}", kind="statement"))
+
+
+@register_metric(
+    "indistinguishability",
+    needs=("unknown_reference",),
+    higher_is_better=True,
+    columns=("indistinguishability", "indistinguishability_resid"),
+)
+def indistinguishability_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """Can the probes tell a target from a stranger? 1 − 2·|AUROC(target vs unknown entities, by probe p) −
+    0.5| over every (entity × template), for the SAE probe and the residual probe; 1 means they cannot.
+
+    Per item: each (entity, template) row's probe readings and whether it is a target.
+    """
+    templates = evaluator.train_templates + evaluator.heldout_templates
+    names = [t.name for t in evaluator.targets] + [u.name for u in evaluator.unknown_reference]
+    acts = extract_activations(
+        model,
+        evaluator.recognizer.hook_name,
+        [Entity(n) for n in names],
+        templates,
+        labels=[1] * len(evaluator.targets) + [0] * len(evaluator.unknown_reference),
+        prepend_bos=evaluator.prepend_bos,
+        progress=False,
+    )
+    p_sae = evaluator.recognizer.sae_probe.predict_proba(encode_latents(evaluator.sae, acts.resid))
+    p_resid = evaluator.recognizer.resid_probe.predict_proba(acts.resid)
+    per_item = acts.index[["entity", "template"]].assign(
+        is_target=acts.index["label"] == 1, p_known_sae=p_sae.cpu().numpy(), p_known_resid=p_resid.cpu().numpy()
+    )
+    values = {
+        "indistinguishability": _indistinguishability(p_sae, acts.labels),
+        "indistinguishability_resid": _indistinguishability(p_resid, acts.labels),
+    }
+    return MetricResult(values, per_item)
+
+
+@register_metric(
+    "generation_health",
+    higher_is_better=True,
+    columns=("distinct2", "repetition_rate", "generation_health"),
+)
+def generation_health_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """Are free generations about the targets still language? distinct-2 and repetition rate of greedy
+    continuations of `generation_templates`, and `generation_health` = distinct-2 after / before (a collapse
+    drives it down; a stranger's fixed phrase lowers it too, without repetition)."""
+    generations = evaluator._generations(model)
+    distinct2 = distinct_n(generations)
+    return MetricResult(
+        {
+            "distinct2": distinct2,
+            "repetition_rate": repetition_rate(generations),
+            "generation_health": distinct2 / distinct_n(evaluator._generations_before),
+        }
+    )
+
+
+@register_metric(
+    "relearn",
+    needs=("unknown_reference",),
+    higher_is_better=None,
+    columns=("relearn_acc", "relearn_acc_unknown_ref"),
+)
+def relearn_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """Does the knowledge come back? Fine-tune `relearn_steps` steps on half of each target's attributes and
+    measure accuracy on the other half (`relearn_acc`); `relearn_acc_unknown_ref` is the same procedure on
+    the original model for genuinely unknown names given the targets' facts. Genuine forgetting relearns at
+    the stranger's level."""
+    return MetricResult(
+        {
+            "relearn_acc": evaluator._relearn(model, evaluator.targets),
+            "relearn_acc_unknown_ref": evaluator.relearn_reference(),
+        }
+    )
 
 
 def _indistinguishability(scores: torch.Tensor, is_target: torch.Tensor) -> float:
