@@ -54,7 +54,7 @@ def check_pairing(model: HookedTransformer, sae: SAE) -> str:
 
 def resid_width(model: HookedTransformer, hook_name: str) -> int:
     """Width of the activation at `hook_name`, read from one forward on a single token."""
-    acts = forward_to_hook(model, torch.zeros(1, 1, dtype=torch.long), hook_name)
+    acts = forward_to_hook(model, torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device), hook_name)
     return acts.shape[-1]
 
 
@@ -90,7 +90,8 @@ class EntityBatch:
         pad = model.tokenizer.pad_token_id or 0
         # Only tokens up to the entity token matter to a causal model: cut there, then right-pad.
         rows = [ids[: pos + 1] + [pad] * (width - pos - 1) for ids, pos in located]
-        return cls(torch.tensor(rows), torch.tensor([pos for _, pos in located]))
+        device = model.cfg.device
+        return cls(torch.tensor(rows, device=device), torch.tensor([pos for _, pos in located], device=device))
 
     def rows(self, index: Int[torch.Tensor, " n"]) -> EntityBatch:
         """The rows at `index`, cut to the width they need."""
@@ -99,7 +100,7 @@ class EntityBatch:
 
     def read(self, model: HookedTransformer, hook_name: str) -> Float[torch.Tensor, "batch d"]:
         acts = forward_to_hook(model, self.tokens, hook_name)
-        return acts[torch.arange(len(self.positions)), self.positions]
+        return acts[torch.arange(len(self.positions), device=acts.device), self.positions]
 
 
 @dataclass
@@ -115,12 +116,13 @@ class EntityActivations:
     hook_name: str
 
     def select(self, mask: Sequence[bool] | pd.Series) -> EntityActivations:
-        mask = torch.as_tensor(list(mask), dtype=torch.bool)
-        return EntityActivations(self.resid[mask], self.index[mask.numpy()].reset_index(drop=True), self.hook_name)
+        keep = [bool(m) for m in mask]
+        rows = torch.tensor(keep, dtype=torch.bool, device=self.resid.device)
+        return EntityActivations(self.resid[rows], self.index[keep].reset_index(drop=True), self.hook_name)
 
     @property
     def labels(self) -> Int[torch.Tensor, " n"]:
-        return torch.tensor(self.index["label"].to_numpy())
+        return torch.tensor(self.index["label"].to_numpy(), device=self.resid.device)
 
 
 def entity_prompts(
@@ -173,7 +175,7 @@ def extract_activations(
         batch = EntityBatch.build(model, rows["prompt"].tolist(), rows["entity"].tolist(), bos)
         chunks.append(batch.read(model, hook_name))
         positions.append(batch.positions)
-    index["position"] = torch.cat(positions).numpy()
+    index["position"] = torch.cat(positions).cpu().numpy()
     return EntityActivations(torch.cat(chunks), index, hook_name)
 
 

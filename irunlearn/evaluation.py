@@ -48,7 +48,7 @@ def _accuracy(model: HookedTransformer, questions: pd.DataFrame, prepend_bos: bo
     """Per-entity fraction of questions answered exactly (against `answers` if given)."""
     gold = questions["answer"] if answers is None else answers
     hits = greedy_matches(model, questions["prompt"].tolist(), list(gold), prepend_bos)
-    return pd.Series(hits.float().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()
+    return pd.Series(hits.float().cpu().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()
 
 
 @dataclass
@@ -195,6 +195,7 @@ class Evaluator:
             [f"{p} {a}" for p, a in zip(lessons["prompt"], lessons["answer"], strict=True)],
             student.cfg.n_ctx,
             self.prepend_bos,
+            device=student.cfg.device,
         )
         torch.manual_seed(self.seed)
         for _ in range(self.relearn_steps):

@@ -28,15 +28,18 @@ def encode_lines(
     n_ctx: int,
     prepend_bos: bool = True,
     append_eos: bool = True,
+    *,
+    device: torch.device | str,
 ) -> tuple[Int[torch.Tensor, "batch pos"], Bool[torch.Tensor, "batch pos"]]:
-    """`BOS line EOS` per line (each part optional), cut at `n_ctx`, right-padded; and the real-token mask."""
+    """`BOS line EOS` per line (each part optional), cut at `n_ctx`, right-padded; and the real-token mask,
+    both on `device` (the model's: `model.cfg.device`)."""
     ids = tokenizer(list(lines), add_special_tokens=False)["input_ids"]
     head = [bos_id(tokenizer)] if prepend_bos else []
     tail = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
     rows = [(head + row + tail)[:n_ctx] for row in ids]
     width = max(len(row) for row in rows)
-    tokens = torch.tensor([row + [pad_id(tokenizer)] * (width - len(row)) for row in rows])
-    mask = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows])
+    tokens = torch.tensor([row + [pad_id(tokenizer)] * (width - len(row)) for row in rows], device=device)
+    mask = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows], device=device)
     return tokens, mask
 
 
@@ -66,7 +69,9 @@ def perplexity(
         raise ValueError("perplexity needs at least one text.")
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        tokens, mask = encode_lines(model.tokenizer, texts[start : start + batch_size], model.cfg.n_ctx, prepend_bos)
+        tokens, mask = encode_lines(
+            model.tokenizer, texts[start : start + batch_size], model.cfg.n_ctx, prepend_bos, device=model.cfg.device
+        )
         total += float(token_nll(model(tokens, return_type="logits"), tokens, mask).sum())
         count += int(mask[:, 1:].sum())
     return math.exp(total / count)

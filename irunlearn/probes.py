@@ -45,8 +45,8 @@ class LinearProbe:
             raise ValueError("A probe needs both known (1) and unknown (0) examples to fit.")
         x, target = x.detach().float(), y.float()
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-        weight = torch.zeros(x.shape[1], requires_grad=True)
-        bias = torch.zeros((), requires_grad=True)
+        weight = torch.zeros(x.shape[1], device=x.device, requires_grad=True)
+        bias = torch.zeros((), device=x.device, requires_grad=True)
         _lbfgs(
             [weight, bias],
             lambda: (
@@ -54,7 +54,8 @@ class LinearProbe:
                 + l2 * weight.square().sum()
             ),
         )
-        probe = cls(mean, std, weight.detach(), bias.detach(), torch.tensor(1.0), torch.tensor(0.0))
+        one, zero = torch.ones((), device=x.device), torch.zeros((), device=x.device)
+        probe = cls(mean, std, weight.detach(), bias.detach(), one, zero)
         if x_val is not None and y_val is not None:
             probe = probe.calibrated(x_val, y_val)
         return probe
@@ -62,7 +63,8 @@ class LinearProbe:
     def calibrated(self, x: Float[torch.Tensor, "n d"], y: Int[torch.Tensor, " n"]) -> LinearProbe:
         """A copy with Platt scaling refit on (x, y)."""
         raw = self.raw_logit(x).detach()
-        scale, shift = torch.ones((), requires_grad=True), torch.zeros((), requires_grad=True)
+        scale = torch.ones((), device=raw.device, requires_grad=True)
+        shift = torch.zeros((), device=raw.device, requires_grad=True)
         _lbfgs(
             [scale, shift],
             lambda: torch.nn.functional.binary_cross_entropy_with_logits(scale * raw + shift, y.float()),

@@ -44,12 +44,12 @@ def greedy_matches(
         rows.append(full)
         spans.append((len(prompt_ids), len(full)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = torch.zeros(len(rows), dtype=torch.bool)
+    out = torch.zeros(len(rows), dtype=torch.bool, device=model.cfg.device)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for start in tqdm(range(0, len(rows), batch_size), desc="QA", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
         width = max(len(rows[i]) for i in idx)
-        tokens = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in idx])
+        tokens = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in idx], device=model.cfg.device)
         predicted = model(tokens, return_type="logits").argmax(-1)
         for row, i in enumerate(idx):
             a, b = spans[i]
@@ -64,14 +64,14 @@ def greedy_continuations(
     """Greedy continuation token ids per prompt, up to `max_new_tokens` or the end-of-sequence token."""
     continuations = []
     for prompt in prompts:
-        tokens = torch.tensor([_encode(model, prompt, prepend_bos)])
+        tokens = torch.tensor([_encode(model, prompt, prepend_bos)], device=model.cfg.device)
         new: list[int] = []
         for _ in range(max_new_tokens):
             next_id = int(model(tokens, return_type="logits")[0, -1].argmax())
             if next_id == model.tokenizer.eos_token_id:
                 break
             new.append(next_id)
-            tokens = torch.cat([tokens, torch.tensor([[next_id]])], dim=1)
+            tokens = torch.cat([tokens, torch.tensor([[next_id]], device=tokens.device)], dim=1)
         continuations.append(new)
     return continuations
 

@@ -42,11 +42,11 @@ def separation_scores(
     return pd.DataFrame(
         {
             "latent": range(latents.shape[1]),
-            "freq_known": freq_known.numpy(),
-            "freq_unknown": freq_unknown.numpy(),
-            "s_known": (freq_known - freq_unknown).numpy(),
-            "s_unknown": (freq_unknown - freq_known).numpy(),
-            "generic": (generic_freq > max_generic_freq).numpy() if generic_freq is not None else False,
+            "freq_known": freq_known.cpu().numpy(),
+            "freq_unknown": freq_unknown.cpu().numpy(),
+            "s_known": (freq_known - freq_unknown).cpu().numpy(),
+            "s_unknown": (freq_unknown - freq_known).cpu().numpy(),
+            "generic": (generic_freq > max_generic_freq).cpu().numpy() if generic_freq is not None else False,
         }
     )
 
@@ -80,7 +80,7 @@ class Recognizer:
     def selected_latents(self) -> Int[torch.Tensor, " k"]:
         """Indices of the top known and top unknown latents together."""
         chosen = pd.concat([self.top_latents("known"), self.top_latents("unknown")])["latent"]
-        return torch.tensor(sorted(set(chosen.tolist())))
+        return torch.tensor(sorted(set(chosen.tolist())), device=self.mu_known.device)
 
     @property
     def centroid_gap(self) -> Float[torch.Tensor, ""]:
@@ -135,10 +135,10 @@ class Recognizer:
         rows = pd.DataFrame(
             {
                 "entity": list(entity),
-                "p_known_sae": self.sae_probe.predict_proba(latents).numpy(),
-                "p_known_resid": self.resid_probe.predict_proba(resid).numpy(),
-                "dist_to_unknown": dist_unknown.numpy(),
-                "dist_to_known": dist_known.numpy(),
+                "p_known_sae": self.sae_probe.predict_proba(latents).cpu().numpy(),
+                "p_known_resid": self.resid_probe.predict_proba(resid).cpu().numpy(),
+                "dist_to_unknown": dist_unknown.cpu().numpy(),
+                "dist_to_known": dist_known.cpu().numpy(),
             }
         )
         rows = rows.groupby("entity", sort=False).mean().reset_index()

@@ -284,7 +284,7 @@ class AnswerBatch:
     ) -> AnswerBatch:
         tokenizer = model.tokenizer
         lines = [f"{p} {a}" for p, a in zip(facts["prompt"], facts["answer"], strict=True)]
-        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, prepend_bos, append_eos)
+        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, prepend_bos, append_eos, device=model.cfg.device)
         # The answer starts where the line's tokens stop agreeing with the prompt's own tokens.
         answer_start = []
         for row, prompt in zip(tokens.tolist(), facts["prompt"], strict=True):
@@ -293,9 +293,10 @@ class AnswerBatch:
             ]
             common = next((i for i, (a, b) in enumerate(zip(row, prompt_ids, strict=False)) if a != b), len(prompt_ids))
             answer_start.append(common)
-        positions = torch.arange(tokens.shape[1] - 1)
+        positions = torch.arange(tokens.shape[1] - 1, device=tokens.device)
         # target position i predicts token i+1: answer targets are those with i+1 >= answer_start
-        answer_mask = (positions[None, :] + 1 >= torch.tensor(answer_start)[:, None]) & mask[:, 1:]
+        starts = torch.tensor(answer_start, device=tokens.device)
+        answer_mask = (positions[None, :] + 1 >= starts[:, None]) & mask[:, 1:]
         return cls(tokens, mask, answer_mask, facts["entity"].tolist())
 
     def answer_nll(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
@@ -311,7 +312,7 @@ class AnswerBatch:
         """Per entity: fraction of its facts still answered exactly (from `logits` if already computed)."""
         with torch.no_grad():
             logits = model(self.tokens, return_type="logits") if logits is None else logits
-            hits = pd.Series(self.greedy_hits(logits).float().numpy(), index=self.entity)
+            hits = pd.Series(self.greedy_hits(logits).float().cpu().numpy(), index=self.entity)
         return hits.groupby(level=0, sort=False).mean()
 
 

@@ -26,7 +26,7 @@ class RMU(Suppression):
     def setup(self, model: HookedTransformer) -> None:
         super().setup(model)
         generator = torch.Generator().manual_seed(self.config.seed)
-        direction = torch.rand(model.cfg.d_model, generator=generator)
+        direction = torch.rand(model.cfg.d_model, generator=generator).to(model.cfg.device)
         # Scramble only what is about the target: its name and what follows. The question words before
         # the name are shared with every retained person and must stay intact.
         facts = self.task.facts(self.task.targets)
@@ -35,9 +35,10 @@ class RMU(Suppression):
                 len(model.tokenizer(p[: p.index(e)].rstrip(), add_special_tokens=False)["input_ids"])
                 + self.task.prepend_bos
                 for p, e in zip(facts["prompt"], facts["entity"], strict=True)
-            ]
+            ],
+            device=model.cfg.device,
         )
-        positions = torch.arange(self.forget.tokens.shape[1])
+        positions = torch.arange(self.forget.tokens.shape[1], device=model.cfg.device)
         self.forget_positions = self.forget.mask & (positions[None, :] >= name_start[:, None])
         with torch.no_grad():
             forget_acts = forward_to_hook(model, self.forget.tokens, self.hook_name)

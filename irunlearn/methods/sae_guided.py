@@ -159,7 +159,9 @@ class SAEGuided(Method):
         if cfg.context and not task.unknown:
             warnings.warn("ForgetTask.unknown is empty: sae_guided runs without its context term.", stacklevel=2)
         lines = task.retain_lines(retain, cfg.n_retain_text * cfg.retain_pool, rng)
-        self.lm_tokens, self.lm_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
+        self.lm_tokens, self.lm_mask = encode_lines(
+            model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device
+        )
         # each step draws afresh (see `_retain_draw`) n_retain_entities people's rows and 2·n_retain_text lines
         self.n_retain_rows = min(
             len(self.retain_batch.positions), cfg.n_retain_entities * cfg.retain_templates_per_entity

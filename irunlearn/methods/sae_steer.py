@@ -46,7 +46,7 @@ class SAESteer(Method):
         """Add the permanent hooks to `model` (a copy made by the caller)."""
         cfg, recognizer, sae = self.config, self.task.recognizer, self.sae
         hook_name = sae_hook_name(sae)
-        known = torch.tensor(recognizer.top_latents("known")["latent"].tolist())
+        known = torch.tensor(recognizer.top_latents("known")["latent"].tolist(), device=sae.W_dec.device)
         unknown = int(recognizer.top_latents("unknown")["latent"].iloc[0])
         with torch.no_grad():
             direction = sae.W_dec[unknown] / sae.W_dec[unknown].norm()
@@ -84,7 +84,7 @@ def _pattern_positions(tokens: torch.Tensor, patterns: list[list[int]]) -> torch
         if n == 0 or n > tokens.shape[1]:
             continue
         windows = tokens.unfold(1, n, 1)  # [batch, pos - n + 1, n]
-        starts = (windows == torch.tensor(pattern)).all(-1)
+        starts = (windows == torch.tensor(pattern, device=tokens.device)).all(-1)
         for offset in range(n):
             mask[:, offset : offset + starts.shape[1]] |= starts
     return mask

@@ -44,7 +44,9 @@ class Suppression(Method):
         self.target_batch, self.target_names = task.entity_batch(model, task.targets)
         rng = random.Random(cfg.seed)
         lines = task.retain_lines(task.retain, cfg.n_retain_text, rng)
-        self.retain_tokens, self.retain_mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos)
+        self.retain_tokens, self.retain_mask = encode_lines(
+            model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device
+        )
 
     def forget_loss(self, model: HookedTransformer, logits: Float[torch.Tensor, "batch pos vocab"]) -> torch.Tensor:
         raise NotImplementedError

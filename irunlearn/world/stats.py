@@ -28,7 +28,7 @@ def sae_quality(model: HookedTransformer, sae: SAE, world: World, n_lines: int =
     """FVU, mean L0 and dead-latent fraction of `sae` on real tokens of fresh training-distribution lines."""
     hook_name = sae.cfg.metadata.hook_name
     lines = list(itertools.islice(training_lines(world, seed=seed), n_lines))
-    tokens, mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx)
+    tokens, mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, device=model.cfg.device)
     mask[:, 0] = False  # BOS is excluded from SAE training too
     acts = forward_to_hook(model, tokens, hook_name)[mask]
     latents = sae.encode(acts)

@@ -88,9 +88,9 @@ def _length_bucketed_step(model: HookedTransformer, lines: list[str], n_ctx: int
     tokenizer = model.tokenizer
     lines = sorted(lines, key=len)
     chunk = -(-len(lines) // n_buckets)
-    total = torch.zeros(())
+    total = torch.zeros((), device=model.cfg.device)
     for start in range(0, len(lines), chunk):
-        tokens, mask = encode_lines(tokenizer, lines[start : start + chunk], n_ctx)
+        tokens, mask = encode_lines(tokenizer, lines[start : start + chunk], n_ctx, device=model.cfg.device)
         loss = lm_loss(model, tokens, mask) * (len(tokens) / len(lines))
         loss.backward()
         total += loss.detach()

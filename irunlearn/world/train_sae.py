@@ -46,7 +46,7 @@ def sae_dataset(model: HookedTransformer, world: World, n_rows: int, context_siz
     at position 0 after BOS); BOS and padding are excluded from SAE training by the runner.
     """
     lines = list(itertools.islice(training_lines(world, seed=seed + 1), n_rows))
-    tokens, _ = encode_lines(model.tokenizer, lines, context_size)
+    tokens, _ = encode_lines(model.tokenizer, lines, context_size, device="cpu")  # rows for a datasets.Dataset
     pad = torch.full((len(tokens), context_size - tokens.shape[1]), model.tokenizer.pad_token_id)
     return Dataset.from_dict({"tokens": torch.cat([tokens, pad], dim=1).tolist()})
 
