@@ -22,7 +22,7 @@ from irunlearn.lm import encode_lines, lm_loss, perplexity
 from irunlearn.metrics import MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template
-from irunlearn.qa import greedy_continuations, greedy_matches
+from irunlearn.qa import answer_logprob, greedy_continuations, greedy_matches
 from irunlearn.recognition import Recognizer
 
 
@@ -44,10 +44,12 @@ def fact_questions(entities: Sequence[Entity], templates: Sequence[Template]) ->
     )
 
 
-def _accuracy(model: HookedTransformer, questions: pd.DataFrame, prepend_bos: bool, answers=None) -> pd.Series:
+def _accuracy(
+    model: HookedTransformer, questions: pd.DataFrame, prepend_bos: bool, answers=None, answer_eos: bool = True
+) -> pd.Series:
     """Per-entity fraction of questions answered exactly (against `answers` if given)."""
     gold = questions["answer"] if answers is None else answers
-    hits = greedy_matches(model, questions["prompt"].tolist(), list(gold), prepend_bos)
+    hits = greedy_matches(model, questions["prompt"].tolist(), list(gold), prepend_bos, answer_eos=answer_eos)
     return pd.Series(hits.float().cpu().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()
 
 
@@ -55,7 +57,12 @@ def _accuracy(model: HookedTransformer, questions: pd.DataFrame, prepend_bos: bo
 class Evaluator:
     """Scores edited models on one forgetting task (targets, retain entities, templates, generic text).
 
-    `idk_answer` is the answer an unknown entity gets (`unknown` in the embedded world).
+    `idk_answer` is the answer an unknown entity gets (`unknown` in the embedded world). A real model has
+    no such answer: with `idk_answer=None`, a question is *answered like a stranger* when the gold answer
+    is no likelier after the target's name than, on the median, after the strangers' names
+    (`unknown_reference`) in the same question, and `idk_rate` is the fraction of such questions.
+    `answer_eos`: an exact answer must end with the end-of-sequence token (the world's format; False for
+    few-shot prompts, where an answer ends however the model likes).
     """
 
     model: HookedTransformer
@@ -68,8 +75,9 @@ class Evaluator:
     generic_text: list[str]
     unknown_reference: list[Entity] = field(default_factory=list)
     generation_templates: list[Template] = field(default_factory=lambda: list(GENERATION_TEMPLATES))
-    idk_answer: str = UNKNOWN_ANSWER
+    idk_answer: str | None = UNKNOWN_ANSWER
     prepend_bos: bool = True
+    answer_eos: bool = True
     relearn_steps: int = 20
     relearn_lr: float = 1e-3
     seed: int = 0
@@ -83,7 +91,7 @@ class Evaluator:
 
     def _behaviour(self, model: HookedTransformer) -> dict:
         return {
-            "retain": float(_accuracy(model, self._retain_questions, self.prepend_bos).mean()),
+            "retain": float(_accuracy(model, self._retain_questions, self.prepend_bos, None, self.answer_eos).mean()),
             "ppl": perplexity(model, self.generic_text, self.prepend_bos),
         }
 
@@ -97,9 +105,9 @@ class Evaluator:
         )
         frame = pd.DataFrame(
             {
-                "forget_acc": _accuracy(model, train_q, self.prepend_bos),
-                "paraphrase_forget_acc": _accuracy(model, heldout_q, self.prepend_bos),
-                "idk_rate": _accuracy(model, all_q, self.prepend_bos, [self.idk_answer] * len(all_q)),
+                "forget_acc": _accuracy(model, train_q, self.prepend_bos, None, self.answer_eos),
+                "paraphrase_forget_acc": _accuracy(model, heldout_q, self.prepend_bos, None, self.answer_eos),
+                "idk_rate": self._idk_rate(model, all_q),
             }
         )
         frame = frame.rename_axis("target").reset_index()
@@ -111,6 +119,24 @@ class Evaluator:
             }
         )
         return frame.merge(readings, on="target")
+
+    def _idk_rate(self, model: HookedTransformer, questions: pd.DataFrame) -> pd.Series:
+        """Per target: the fraction of its questions answered `idk_answer`, or answered like a stranger."""
+        if self.idk_answer is not None:
+            idk = [self.idk_answer] * len(questions)
+            return _accuracy(model, questions, self.prepend_bos, idk, self.answer_eos)
+        if not self.unknown_reference:
+            raise ValueError("idk_answer=None (answered like a stranger) needs Evaluator.unknown_reference.")
+        strangers = [u.name for u in self.unknown_reference[:N_IDK_STRANGERS]]
+        prompts, answers = list(questions["prompt"]), list(questions["answer"])
+        for entity, prompt, answer in zip(questions["entity"], questions["prompt"], questions["answer"], strict=True):
+            prompts += [prompt.replace(entity, name) for name in strangers]
+            answers += [answer] * len(strangers)
+        logprobs = answer_logprob(model, prompts, answers, self.prepend_bos).cpu()
+        target_lp = logprobs[: len(questions)]
+        stranger_lp = logprobs[len(questions) :].reshape(len(questions), len(strangers)).median(-1).values
+        like_stranger = (target_lp <= stranger_lp).float().tolist()
+        return pd.Series(like_stranger, index=questions["entity"]).groupby(level=0, sort=False).mean()
 
     def evaluate(self, model: HookedTransformer, genuineness: bool = False) -> tuple[dict, pd.DataFrame]:
         """Means over targets of the per-target metrics, plus retain_acc and ppl_ratio against the original.
@@ -195,6 +221,7 @@ class Evaluator:
             [f"{p} {a}" for p, a in zip(lessons["prompt"], lessons["answer"], strict=True)],
             student.cfg.n_ctx,
             self.prepend_bos,
+            self.answer_eos,
             device=student.cfg.device,
         )
         torch.manual_seed(self.seed)
@@ -203,9 +230,10 @@ class Evaluator:
             lm_loss(student, tokens, mask).backward()
             optimizer.step()
         student.eval()
-        return float(_accuracy(student, held_questions, self.prepend_bos).mean())
+        return float(_accuracy(student, held_questions, self.prepend_bos, None, self.answer_eos).mean())
 
 
+N_IDK_STRANGERS = 16  # strangers whose median answer log-probability defines "answered like a stranger"
 GENERATION_TEMPLATES = (Template("{name}", kind="statement"), Template("Fact: {name}", kind="statement"))
 
 

@@ -138,7 +138,7 @@ def test_nan_loss_stops_and_restores_the_last_good_weights(ew, task):
 
 def test_unknown_target_is_refused(ew, recognizer):
     stranger = ew.world.unknown_eval[0]
-    with pytest.raises(ValueError, match="not a known person"):
+    with pytest.raises(ValueError, match="is not a known entity of bench .world."):
         resolve_targets(ew, [stranger.name])
     task = world_task(ew, [stranger], recognizer)
     with pytest.raises(ValueError, match="does not recognise"):

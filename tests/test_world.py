@@ -111,7 +111,8 @@ def test_world_stats_cli_prints_one_json_object(capsys):
 
 
 def test_world_tasks_never_train_on_the_evaluators_retain_people(ew, recognizer):
-    from irunlearn.world.tasks import N_RETAIN_EVAL, resolve_targets, retain_eval_people, world_evaluator, world_task
+    from irunlearn.bench import N_RETAIN_EVAL
+    from irunlearn.world.tasks import resolve_targets, retain_eval_people, world_evaluator, world_task
 
     held_out = {e.name for e in retain_eval_people(ew)}
     assert len(held_out) == N_RETAIN_EVAL and held_out == {e.name for e in retain_eval_people(ew)}
@@ -124,5 +125,5 @@ def test_world_tasks_never_train_on_the_evaluators_retain_people(ew, recognizer)
     assert len(retain) + len(held_out | {t.name for t in targets}) == len(ew.world.known)
     subset = world_evaluator(ew, task, n_retain_eval=40, seed=3).retain_eval
     assert len(subset) == 40 and {e.name for e in subset} <= evaluated
-    with pytest.raises(ValueError, match="held-out people"):
+    with pytest.raises(ValueError, match="held-out entities left"):
         world_evaluator(ew, task, n_retain_eval=N_RETAIN_EVAL + 1)

@@ -31,7 +31,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.entities import Entity
 from irunlearn.lm import perplexity
-from irunlearn.prompts import bos_id
+from irunlearn.qa import answer_logprob
 from irunlearn.real.labelling import greedy_generate
 from irunlearn.real.wikidata import attributes, check_answer
 from irunlearn.recognition import Recognizer
@@ -70,46 +70,6 @@ def attribute_questions(entities: Sequence[Entity], split: str | None = None) ->
         if split is None or t.split == split
     ]
     return pd.DataFrame(rows, columns=["entity", "kind", "attribute", "split", "template", "prompt", "gold"])
-
-
-@torch.no_grad()
-def answer_logprob(
-    model: HookedTransformer,
-    prompts: Sequence[str],
-    answers: Sequence[str],
-    prepend_bos: bool | None = None,
-    batch_size: int = 32,
-) -> torch.Tensor:
-    """`log p(" " + answer | prompt)` per pair: the summed log-probabilities of the answer's tokens.
-
-    Teacher-forced, batched with right padding. When the answer's first characters merge into the
-    prompt's last token, the merged token counts as part of the answer.
-    """
-    if len(prompts) != len(answers):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
-    tokenizer = model.tokenizer
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-    head = [bos_id(tokenizer)] if bos else []
-    rows, starts = [], []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        prompt_ids = head + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = head + tokenizer(f"{prompt} {answer}", add_special_tokens=False)["input_ids"]
-        start = next((i for i, (a, b) in enumerate(zip(full, prompt_ids, strict=False)) if a != b), len(prompt_ids))
-        if start == 0 or start >= len(full):
-            raise ValueError(f"Cannot locate the answer {answer!r} after the prompt {prompt[-40:]!r}.")
-        rows.append(full)
-        starts.append(start)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = torch.zeros(len(rows))
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s : s + batch_size]
-        width = max(len(r) for r in chunk)
-        tokens = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
-        logprobs = model(tokens, return_type="logits").log_softmax(-1)
-        for j, row in enumerate(chunk):
-            positions = torch.arange(starts[s + j], len(row))
-            out[s + j] = logprobs[j, positions - 1, tokens[j, positions]].sum()
-    return out
 
 
 @dataclass

@@ -1,0 +1,274 @@
+"""One description of a forgetting experiment, whatever the model: `EntityBench`.
+
+A bench holds the populations (known entities, unknown ones, the known ones held out to measure retain
+on, the strangers the evaluator compares a target with and the ones `sae_guided` aims at), the training
+and held-out question templates, the retain text and held-out generic text, and the answer judge. It
+builds the `Recognizer`, the `ForgetTask` and the `Evaluator` of a run, reading BOS and device from the
+model it is given, so a run on the embedded world, on SmolLM2 or on a user's own model and questions is
+the same code (`irunlearn.run`).
+
+>>> bench = EntityBench.from_world(irunlearn.load_world())
+>>> bench = EntityBench.from_frame(rows, unknown_names=["Tomasz Wierzbicki", ...])   # your own questions
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from irunlearn.entities import UNKNOWN_ANSWER, Entity, EntitySet
+from irunlearn.evaluation import Evaluator
+from irunlearn.methods.base import ForgetTask
+from irunlearn.prompts import NAME_SLOT, Template
+from irunlearn.recognition import Recognizer, fit_recognizer
+
+FRAME_COLUMNS = ("entity", "question", "answer")
+N_RETAIN_EVAL = 150  # world: known people no task retains (a fixed draw, seed 7)
+N_STRANGERS = 50  # world: the last unknown names are the evaluator's strangers; the task's references precede
+MIN_PER_SIDE = 5  # recognition splits each population 60/20/20 into fit / calibration / test
+
+
+@dataclass
+class EntityBench:
+    """The populations, phrasings, texts and answer judge of a forgetting experiment.
+
+    - `entities`: known and unknown entities; recognition is fit on them.
+    - `retain_eval`: known entities no task retains, on which `retain_acc` is measured (targets drawn
+      among them are forgotten and left out of that evaluation).
+    - `references`: unknown entities `sae_guided` aims the target's questions at (`ForgetTask.unknown`);
+      `strangers`: the unknown entities the evaluator compares the target with (disjoint from them).
+    - `idk_answer`: the answer a stranger gets (`unknown` in the embedded world); None for a real model,
+      where "answered like a stranger" is judged by the gold answer's probability (see `Evaluator`).
+    - `answer_eos`: whether an exact answer ends with the end-of-sequence token (the world's format).
+    """
+
+    name: str
+    entities: EntitySet
+    train_templates: list[Template]
+    heldout_templates: list[Template]
+    retain_text: list[str]
+    heldout_text: list[str]
+    retain_eval: list[Entity]
+    references: list[Entity]
+    strangers: list[Entity]
+    idk_answer: str | None = UNKNOWN_ANSWER
+    answer_eos: bool = True
+
+    def __post_init__(self) -> None:
+        for label, items in (
+            ("train_templates", self.train_templates),
+            ("retain_text", self.retain_text),
+            ("heldout_text", self.heldout_text),
+            ("strangers", self.strangers),
+        ):
+            if not items:
+                raise ValueError(f"EntityBench {self.name!r} has no {label}; every run needs some.")
+        if overlap := {e.name for e in self.references} & {e.name for e in self.strangers}:
+            raise ValueError(f"references and strangers must be disjoint; both hold {sorted(overlap)[:5]}.")
+
+    # Constructors ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_world(cls, ew) -> EntityBench:
+        """The embedded world's bench: ground-truth known people vs never-seen names, `unknown` answers.
+
+        150 known people (a fixed draw) are held out of every retain set; the last 50 unknown names are
+        the evaluator's strangers, the others `sae_guided`'s references.
+        """
+        world = ew.world
+        unknown = world.unknown_eval
+        return cls(
+            name="world",
+            entities=world.entities,
+            train_templates=world.question_templates("train"),
+            heldout_templates=world.question_templates("heldout"),
+            retain_text=world.generic_train,
+            heldout_text=world.generic_heldout,
+            retain_eval=world.entities.sample_known(N_RETAIN_EVAL, seed=7),
+            references=unknown[:-N_STRANGERS],
+            strangers=unknown[-N_STRANGERS:],
+        )
+
+    @classmethod
+    def from_frame(
+        cls,
+        rows: pd.DataFrame,
+        unknown_names: Sequence[str],
+        retain_text: Sequence[str] | None = None,
+        heldout_text: Sequence[str] | None = None,
+        retain_eval_fraction: float = 0.25,
+        name: str = "frame",
+        seed: int = 0,
+    ) -> EntityBench:
+        """A bench from your own table: one row per `(entity, question, answer[, split][, attribute])`.
+
+        Each question must contain its entity's name once; it becomes a template with the name as its slot.
+        `split` is `train` (default) or `heldout` (paraphrases the edit never sees). Rows of one entity with
+        the same answer are one fact (give `attribute` to say otherwise). Every entity of the table is
+        *known*; `unknown_names` are entities the model has never heard of. Prefer obscure real names of
+        the same kind over invented ones: on real models invented names separate from real ones already at
+        layer 0, from their word pieces, so a probe against them learns spelling, not recognition. Half of
+        them are the strangers the evaluator compares a target with, half `sae_guided`'s references.
+        `retain_text` / `heldout_text` default to the package's generic prose (`irunlearn.real.corpus`).
+        Answers are judged exactly (greedy, teacher-forced) without an end-of-sequence token, and
+        "answered like a stranger" by the gold answer's probability (`Evaluator`, `idk_answer=None`).
+        """
+        entities, train, heldout = _frame_entities(rows)
+        unknown = [Entity(n.strip()) for n in dict.fromkeys(unknown_names) if n and n.strip()]
+        if len(entities) < MIN_PER_SIDE or len(unknown) < 2 * MIN_PER_SIDE:
+            raise ValueError(
+                f"from_frame needs at least {MIN_PER_SIDE} known entities in the table and {2 * MIN_PER_SIDE} "
+                f"unknown names (recognition splits each side 60/20/20; the unknown ones are also halved into "
+                f"strangers and references); got {len(entities)} and {len(unknown)}."
+            )
+        if clash := {e.name for e in entities} & {u.name for u in unknown}:
+            raise ValueError(f"Names both in the table (known) and in unknown_names: {sorted(clash)[:5]}.")
+        if retain_text is None or heldout_text is None:
+            from irunlearn.real.corpus import generic_paragraphs
+
+            retain_text = generic_paragraphs("train") if retain_text is None else retain_text
+            heldout_text = generic_paragraphs("heldout") if heldout_text is None else heldout_text
+        rng = random.Random(seed)
+        n_eval = max(1, round(retain_eval_fraction * len(entities)))
+        shuffled = rng.sample(unknown, len(unknown))
+        half = len(shuffled) // 2
+        return cls(
+            name=name,
+            entities=EntitySet(entities, unknown),
+            train_templates=train,
+            heldout_templates=heldout,
+            retain_text=list(retain_text),
+            heldout_text=list(heldout_text),
+            retain_eval=rng.sample(entities, n_eval),
+            references=shuffled[:half],
+            strangers=shuffled[half:],
+            idk_answer=None,
+            answer_eos=False,
+        )
+
+    # What a run needs -----------------------------------------------------------------------------
+
+    def targets(self, names: Sequence[str] = (), n_random: int = 0, seed: int = 0) -> list[Entity]:
+        """Targets by name (each a known entity of the bench) or `n_random` known entities drawn with `seed`."""
+        if names and n_random:
+            raise ValueError("Give target names or a number of random targets, not both.")
+        if n_random < 0:
+            raise ValueError(f"n_random must be ≥ 0, got {n_random}.")
+        if n_random:
+            return self.entities.sample_known(n_random, seed)
+        if not names:
+            raise ValueError("No targets: give target names or n_random > 0.")
+        targets = []
+        for name in names:
+            if not name or not name.strip():
+                raise ValueError("A target name is empty: give the entity's name as the bench spells it.")
+            if name not in self.entities or not self.entities.is_known(name):
+                raise ValueError(
+                    f"{name!r} is not a known entity of bench {self.name!r} (the model was never shown to know "
+                    "it): choose one of bench.entities.known, or add its questions with from_frame."
+                )
+            targets.append(self.entities.get(name))
+        return targets
+
+    def recognizer(self, model: HookedTransformer, sae: SAE, seed: int = 0, progress: bool = True) -> Recognizer:
+        """Fit recognition (separation scores, centroids, both probes) for `model` + `sae` on this bench."""
+        return fit_recognizer(
+            model,
+            sae,
+            self.entities,
+            self.train_templates,
+            self.heldout_templates,
+            seed=seed,
+            prepend_bos=model.cfg.default_prepend_bos,
+            generic_texts=self.retain_text,
+            progress=progress,
+        )
+
+    def task(self, model: HookedTransformer, targets: Sequence[Entity], recognizer: Recognizer) -> ForgetTask:
+        """Forget `targets`; retain the other known entities not held out for evaluation; keep the retain text."""
+        left_out = {t.name for t in targets} | {e.name for e in self.retain_eval}
+        return ForgetTask(
+            targets=list(targets),
+            retain=[e for e in self.entities.known if e.name not in left_out],
+            templates=self.train_templates,
+            retain_text=self.retain_text,
+            recognizer=recognizer,
+            prepend_bos=model.cfg.default_prepend_bos,
+            answer_eos=self.answer_eos,
+            unknown=self.references,
+        )
+
+    def evaluator(
+        self, model: HookedTransformer, sae: SAE, task: ForgetTask, n_retain_eval: int | None = None, seed: int = 0
+    ) -> Evaluator:
+        """An `Evaluator` for `task`: retain accuracy over `retain_eval` other than the targets (or
+        `n_retain_eval` of them, seeded), held-out generic text, the bench's strangers and answer judge."""
+        targets = {t.name for t in task.targets}
+        retain_eval = [e for e in self.retain_eval if e.name not in targets]
+        if n_retain_eval is not None:
+            if n_retain_eval > len(retain_eval):
+                raise ValueError(
+                    f"n_retain_eval={n_retain_eval}, but only {len(retain_eval)} held-out entities are left."
+                )
+            retain_eval = random.Random(seed).sample(retain_eval, n_retain_eval)
+        if not retain_eval:
+            raise ValueError(f"Bench {self.name!r} has no held-out known entity left to measure retain on.")
+        return Evaluator(
+            model=model,
+            sae=sae,
+            recognizer=task.recognizer,
+            targets=task.targets,
+            retain_eval=retain_eval,
+            train_templates=self.train_templates,
+            heldout_templates=self.heldout_templates,
+            generic_text=self.heldout_text,
+            unknown_reference=self.strangers,
+            idk_answer=self.idk_answer,
+            prepend_bos=model.cfg.default_prepend_bos,
+            answer_eos=self.answer_eos,
+            seed=seed,
+        )
+
+
+def _frame_entities(rows: pd.DataFrame) -> tuple[list[Entity], list[Template], list[Template]]:
+    """Entities (attribute → answer) and the train / held-out templates of a user's question table."""
+    missing = [c for c in FRAME_COLUMNS if c not in rows]
+    if missing:
+        raise ValueError(f"The question table lacks columns {missing}; it needs {list(FRAME_COLUMNS)} (+ split).")
+    rows = rows.assign(split=rows.get("split", "train")).fillna({"split": "train"})
+    bad_split = sorted(set(rows["split"]) - {"train", "heldout"})
+    if bad_split:
+        raise ValueError(f"split must be 'train' or 'heldout'; the table has {bad_split}.")
+    parsed = []
+    for i, row in enumerate(rows.itertuples(index=False), start=1):
+        entity, question, answer = str(row.entity).strip(), str(row.question), str(row.answer).strip()
+        if not entity or not answer:
+            raise ValueError(f"Row {i}: entity and answer must be non-empty.")
+        if question.count(entity) != 1:
+            raise ValueError(f"Row {i}: the question must contain the entity's name {entity!r} once: {question!r}")
+        text = question.replace(entity, NAME_SLOT).rstrip()
+        parsed.append((entity, text, answer, row.split, str(getattr(row, "attribute", "") or "")))
+    # A fact is named by its training question's phrasing, so entities asked the same thing share a
+    # template; a held-out paraphrase joins the training fact of the same entity with the same answer.
+    fact_of = {(e, a.lower()): attr or text for e, text, a, split, attr in parsed if split == "train"}
+    templates: dict[tuple[str, str, str], Template] = {}
+    facts: dict[str, dict[str, str]] = {}
+    for entity, text, answer, split, attribute in parsed:
+        attribute = attribute or fact_of.get((entity, answer.lower()), text)
+        templates.setdefault((text, attribute, split), Template(text, attribute, split=split))
+        facts.setdefault(entity, {})[attribute] = answer
+    entities = [Entity(name, attrs) for name, attrs in facts.items()]
+    train = [t for t in templates.values() if t.split == "train"]
+    heldout = [t for t in templates.values() if t.split == "heldout"]
+    if not train or not heldout:
+        raise ValueError(
+            "The question table needs 'train' rows (what the edit works on) and 'heldout' rows (paraphrases it "
+            f"never sees, to check the forgetting holds under another phrasing); it has {len(train)} train and "
+            f"{len(heldout)} held-out phrasings."
+        )
+    return entities, train, heldout

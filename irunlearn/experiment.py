@@ -1,0 +1,172 @@
+"""One run function for every model: `irunlearn.run(bench, model, sae, methods=[...])` → `RunResults`.
+
+It fits (or takes) the recognizer, draws or resolves the targets per seed, builds the task and evaluator
+from the bench, runs each method (all targets together, or each alone), evaluates every edit with the
+full battery, and returns the tables with the configs and provenance that produced them. `RunResults`
+saves to and loads from a folder of plain files (CSV + JSON), so a report can be rendered later without
+recomputing anything.
+
+>>> results = irunlearn.run(EntityBench.from_world(ew), ew.model, ew.sae, ["sae_guided", "grad_ascent"])
+>>> results.summary                       # one row per (seed, task, method)
+>>> results.save("runs/demo"); RunResults.load("runs/demo")
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from sae_lens import SAE
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from irunlearn import __version__
+from irunlearn.bench import EntityBench
+from irunlearn.edits import weights_hash
+from irunlearn.io import atomic_dir
+from irunlearn.methods import forget, get_method
+from irunlearn.methods.base import UnlearnResult
+from irunlearn.recognition import Recognizer
+
+TABLES = ("summary", "per_target", "history")
+
+
+@dataclass
+class RunResults:
+    """The tables of a run and what produced them.
+
+    `summary`: one row per (seed, task, method) with the evaluator's metrics, the stop reason, steps and
+    seconds. `per_target`: the per-target metrics of each row (`run` links them). `history`: each
+    method's optimisation history (`run`, step, target, loss terms, readings). `configs`: each run's
+    method config by `run` id. `provenance`: bench, seeds, hook, package version and commit, model and SAE
+    hashes. `edits` (in memory only, not saved) holds the `UnlearnResult`s with their edited models.
+    """
+
+    summary: pd.DataFrame
+    per_target: pd.DataFrame
+    history: pd.DataFrame
+    configs: dict[str, dict]
+    provenance: dict
+    edits: dict[str, UnlearnResult] = field(default_factory=dict, repr=False)
+
+    def save(self, out: str | Path, force: bool = False) -> Path:
+        """Write `summary.csv`, `per_target.csv`, `history.csv` and `run.json` into `out`, atomically."""
+        out = Path(out)
+        with atomic_dir(out, overwrite=force) as tmp:
+            for name in TABLES:
+                getattr(self, name).to_csv(tmp / f"{name}.csv", index=False)
+            meta = {"configs": self.configs, "provenance": self.provenance}
+            (tmp / "run.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResults:
+        """A saved run, as `save` wrote it (the edited models are not part of it: see `irunlearn.edits`)."""
+        path = Path(path)
+        missing = [f for f in (*(f"{t}.csv" for t in TABLES), "run.json") if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a saved run folder: {missing} missing (write one with save()).")
+        tables = {name: _read_csv(path / f"{name}.csv") for name in TABLES}
+        meta = json.loads((path / "run.json").read_text(encoding="utf-8"))
+        return cls(**tables, configs=meta["configs"], provenance=meta["provenance"])
+
+
+def run(
+    bench: EntityBench,
+    model: HookedTransformer,
+    sae: SAE,
+    methods: Sequence[str] = ("sae_guided",),
+    targets: Sequence[str] = (),
+    n_targets: int = 1,
+    seeds: Sequence[int] = (0,),
+    together: bool = True,
+    genuineness: bool = True,
+    recognizer: Recognizer | None = None,
+    n_retain_eval: int | None = None,
+    progress: bool = True,
+    **overrides,
+) -> RunResults:
+    """Forget the targets with each method, on one bench, and evaluate every edit the same way.
+
+    Targets: the named ones, or `n_targets` known entities drawn per seed. `together`: all targets in one
+    task (else one task per target). `overrides` go to every method's config (e.g. `max_steps=50`).
+    The recognizer is fit once on the bench (seed `seeds[0]`) unless given.
+    """
+    for method in methods:
+        get_method(method)
+    if not seeds:
+        raise ValueError("Give at least one seed.")
+    if recognizer is None:
+        recognizer = bench.recognizer(model, sae, seed=seeds[0], progress=progress)
+    rows, per_target, histories, configs, edits = [], [], [], {}, {}
+    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
+        chosen = bench.targets(targets, 0 if targets else n_targets, seed)
+        groups = [chosen] if together else [[t] for t in chosen]
+        for group in groups:
+            task = bench.task(model, group, recognizer)
+            evaluator = bench.evaluator(model, sae, task, n_retain_eval, seed)
+            for method in methods:
+                result = forget(model, sae, task, method=method, seed=seed, progress=progress, **overrides)
+                summary, by_target = evaluator.evaluate(result.model, genuineness=genuineness)
+                run_id = f"{seed}:{'+'.join(result.targets)}:{method}"
+                rows.append(
+                    {
+                        "run": run_id,
+                        "seed": seed,
+                        "method": method,
+                        "targets": ", ".join(result.targets),
+                        "stop_reason": result.stop_reason,
+                        "converged": result.converged,
+                        "steps": result.steps,
+                        "seconds": result.seconds,
+                        **summary,
+                    }
+                )
+                per_target.append(by_target.assign(run=run_id, seed=seed, method=method))
+                if not result.history.empty:
+                    histories.append(result.history.assign(run=run_id))
+                configs[run_id] = json.loads(result.config_json())
+                edits[run_id] = result
+    provenance = {
+        "bench": bench.name,
+        "seeds": list(seeds),
+        "together": together,
+        "hook_name": recognizer.hook_name,
+        "package_version": __version__,
+        "commit": _commit(),
+        "model_hash": weights_hash(model),
+        "sae_hash": weights_hash(sae),
+        "recognizer_metrics": recognizer.metrics,
+    }
+    return RunResults(
+        summary=pd.DataFrame(rows),
+        per_target=pd.concat(per_target, ignore_index=True),
+        history=pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(),
+        configs=configs,
+        provenance=provenance,
+        edits=edits,
+    )
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # an empty table (e.g. no history for inference-time methods)
+        return pd.DataFrame()
+
+
+def _commit() -> str | None:
+    """The git commit of the installed package's checkout, if it is one."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None

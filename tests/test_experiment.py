@@ -1,0 +1,121 @@
+"""The one run function on every model: the README's own-model path, on the world and a tiny local Llama.
+
+`own_model_forget` is the README's "own model + own SAE + own target + own questions" snippet, line for
+line; the tests run it on the embedded world (rows made from its people) and on a random Llama stand-in.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from real_fixtures import save_tiny_llama
+from sae_lens import TopKSAE, TopKSAEConfig
+
+import irunlearn
+from irunlearn import models
+from irunlearn.bench import EntityBench
+from irunlearn.experiment import RunResults
+
+METRICS = {
+    "forget_acc",
+    "paraphrase_forget_acc",
+    "idk_rate",
+    "retain_acc",
+    "probe_p_known_sae",
+    "probe_p_known_resid",
+    "dist_ratio",
+    "ppl_ratio",
+    "indistinguishability",
+    "indistinguishability_resid",
+    "generation_health",
+    "relearn_acc",
+    "relearn_acc_unknown_ref",
+}
+
+
+def own_model_forget(model, sae, rows, unknown_names, target):
+    """The README snippet (after `import irunlearn`)."""
+    bench = irunlearn.EntityBench.from_frame(rows, unknown_names=unknown_names)
+    results = irunlearn.run(bench, model, sae, methods=["sae_guided", "grad_ascent"], targets=[target])
+    return results.summary
+
+
+def world_rows(ew, n_people: int = 24) -> tuple[pd.DataFrame, list[str]]:
+    """A user's table built from world people: their questions and answers, train and held-out phrasings."""
+    people = ew.world.entities.sample_known(n_people, seed=11)
+    rows = [
+        {"entity": e.name, "question": t.render(e.name), "answer": e.attributes[t.attribute], "split": t.split}
+        for e in people
+        for t in ew.world.question_templates("all")
+        if t.attribute in e.attributes
+    ]
+    return pd.DataFrame(rows), [u.name for u in ew.world.unknown_eval[:40]]
+
+
+def test_world_bench_run_reports_the_full_metric_set_and_round_trips(ew, recognizer, tmp_path):
+    bench = EntityBench.from_world(ew)
+    target = bench.targets(n_random=1, seed=2)[0].name
+    results = irunlearn.run(
+        bench, ew.model, ew.sae, ["sae_guided", "grad_ascent"], [target], recognizer=recognizer, n_retain_eval=20
+    )
+    summary = results.summary.set_index("method")
+    assert set(summary.columns) >= METRICS
+    assert summary.loc["sae_guided", "forget_acc"] == 0 and summary.loc["sae_guided", "converged"]
+    assert results.provenance["hook_name"] == ew.hook_name and results.provenance["bench"] == "world"
+    assert set(results.history["run"]) == set(results.summary["run"])
+    loaded = RunResults.load(results.save(tmp_path / "run"))
+    pd.testing.assert_frame_equal(loaded.summary, results.summary, check_dtype=False)
+    assert loaded.configs == results.configs and loaded.provenance == results.provenance
+    with pytest.raises(FileNotFoundError, match="not a saved run folder"):
+        RunResults.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_own_rows_on_the_world_model_forget_with_the_full_metric_set(ew):
+    rows, unknown = world_rows(ew)
+    target = rows["entity"].iloc[0]
+    summary = own_model_forget(ew.model, ew.sae, rows, unknown, target).set_index("method")
+    assert set(summary.columns) >= METRICS
+    assert summary.loc["sae_guided", "forget_acc"] == 0
+    # The probability judge on the original model: a known person's gold answers are likelier after their
+    # name than after strangers' names in every question, so none is "answered like a stranger".
+    bench = EntityBench.from_frame(rows, unknown_names=unknown)
+    task = bench.task(ew.model, bench.targets([target]), bench.recognizer(ew.model, ew.sae, progress=False))
+    before, _ = bench.evaluator(ew.model, ew.sae, task).evaluate(ew.model)
+    assert before["forget_acc"] == 1 and before["idk_rate"] == 0
+
+
+def test_own_rows_on_a_tiny_local_llama_run_end_to_end(tmp_path):
+    model = models.load_hf_folder(save_tiny_llama(tmp_path / "tiny-llama"))
+    cfg = TopKSAEConfig(d_in=model.cfg.d_model, d_sae=128, k=8)
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae = TopKSAE(cfg)
+    people = [f"Lyon Osaka{i}" for i in range(10)]
+    rows = pd.DataFrame(
+        [
+            {"entity": p, "question": q.format(p), "answer": a, "split": split}
+            for i, p in enumerate(people)
+            for q, a, split in (
+                ("Q: In which country is the city of {}? A:", ["France", "Japan"][i % 2], "train"),
+                ("Q: Where is {} found? A:", ["France", "Japan"][i % 2], "heldout"),
+            )
+        ]
+    )
+    unknown = [f"Venice Leeuwarden{i}" for i in range(12)]
+    bench = EntityBench.from_frame(rows, unknown_names=unknown)
+    readings = bench.recognizer(model, sae, progress=False).p_known(model, sae, people, bench.train_templates)
+    target = readings.sort_values("p_known_sae")["entity"].iloc[-1]  # a random model knows no one: the likeliest
+    summary = own_model_forget(model, sae, rows, unknown, target)
+    assert set(summary.columns) >= METRICS
+    assert set(summary["method"]) == {"sae_guided", "grad_ascent"}
+
+
+def test_from_frame_rejects_a_bad_table_before_any_work():
+    rows = pd.DataFrame({"entity": ["Ada"], "question": ["Who is she?"], "answer": ["a mathematician"]})
+    with pytest.raises(ValueError, match="must contain the entity's name 'Ada' once"):
+        EntityBench.from_frame(rows, unknown_names=[])
+    with pytest.raises(ValueError, match=r"lacks columns \['answer'\]"):
+        EntityBench.from_frame(rows.drop(columns="answer"), unknown_names=[])
+    rows = pd.DataFrame({"entity": ["Ada"], "question": ["Who is Ada?"], "answer": ["x"], "split": ["test"]})
+    with pytest.raises(ValueError, match="split must be 'train' or 'heldout'"):
+        EntityBench.from_frame(rows, unknown_names=[])
