@@ -11,7 +11,7 @@ the default floors (`ForgetConfig.guard_min_retain`, `guard_max_ppl_ratio`) woul
 for each method (1 target, seed 0), with the default guard: stop reason, steps, converged. Then seconds per
 step (median step-to-step time in the history) with the guard every step and without it (`guard_every=0`),
 `sae_guided` and `grad_ascent`, 1 target, a fixed 10 steps, median of 3 runs.
-Writes analysis/results/guard_calibration.md.
+Writes analysis/results/guard_calibration.md (other --sizes / --seeds: a suffixed file).
 """
 
 from __future__ import annotations
@@ -128,11 +128,15 @@ def guard_cost(ew, recognizer, repeats: int = 3, steps: int = 10) -> pd.DataFram
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 target, seed 0 only")
+    parser.add_argument("--sizes", default="1,5", help="comma-separated numbers of targets forgotten together")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated target-draw seeds")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ew = load_world()
     recognizer, _ = recognize_world(ew, progress=False)
-    sizes, seeds = ([1], [0]) if args.quick else ([1, 5], [0, 1, 2])
+    sizes, seeds = [int(n) for n in args.sizes.split(",")], [int(s) for s in args.seeds.split(",")]
+    if args.quick:
+        sizes, seeds = [1], [0]
     sections = {
         f"Default floors (guard_min_retain={DEFAULTS.guard_min_retain}, guard_max_ppl_ratio="
         f"{DEFAULTS.guard_max_ppl_ratio}) on each method at its default lr": calibration_runs(
@@ -146,7 +150,14 @@ def main() -> None:
     text = "\n\n".join(f"### {title}\n\n{markdown(table)}" for title, table in sections.items())
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"guard_calibration{'_quick' if args.quick else ''}.md").write_text(text + "\n")
+    suffix = (
+        "_quick"
+        if args.quick
+        else ""
+        if (args.sizes, args.seeds) == ("1,5", "0,1,2")
+        else f"_{args.sizes}_{args.seeds}"
+    )
+    (RESULTS / f"guard_calibration{suffix}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ class EntitySet:
 
     def sample_known(self, n: int, seed: int, exclude: Iterable[str] = ()) -> list[Entity]:
         """`n` known entities drawn reproducibly with `seed`, skipping the names in `exclude`."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"The number of known entities to draw must be a whole number >= 0, got {n!r}.")
         excluded = set(exclude)
         pool = [e for e in self.known if e.name not in excluded]
         if n > len(pool):

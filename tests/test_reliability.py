@@ -363,7 +363,7 @@ def test_rollback_after_a_retain_blowup_reports_zero_steps_and_warns(ew, task):
 
 def test_rollback_after_a_nan_loss_reports_zero_steps_and_warns(ew, task):
     with pytest.warns(RollbackWarning, match="loss is not finite"):
-        result = forget(ew.model, ew.sae, task, method="grad_ascent", lr=math.inf, guard_every=0, progress=False)
+        result = forget(ew.model, ew.sae, task, method="grad_ascent", lr=1e30, guard_every=0, progress=False)
     assert result.stop_reason == "nan" and result.steps == 0 and same_weights(result.model, ew.model)
 
 
@@ -410,6 +410,11 @@ def test_outputs_get_the_users_umask_permissions(ew, edit, tmp_path):
 
 
 # 10. Smaller ones ------------------------------------------------------------------------------------
+
+
+def test_a_negative_number_of_random_targets_is_named_in_the_api(ew):
+    with pytest.raises(ValueError, match="whole number >= 0, got -1"):
+        resolve_targets(ew, n_random=-1)
 
 
 def test_a_task_without_retain_facts_is_refused(task):
