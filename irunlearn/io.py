@@ -94,6 +94,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _apply_umask(tmp)
         if path.exists():
             backup = _backup(path)
             os.replace(path, backup)
@@ -104,6 +105,15 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the modes a plain mkdir / open would (some writers, e.g.
+    safetensors, create their files 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [folder, *folder.rglob("*")]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 def _backup(path: Path) -> Path:

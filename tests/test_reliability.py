@@ -30,7 +30,8 @@ from irunlearn.edits import load_edit, save_edit
 from irunlearn.entities import UnknownEntityError
 from irunlearn.io import atomic_dir, check_output_dir
 from irunlearn.methods import METHODS, ForgetConfig, forget
-from irunlearn.methods.base import ForgetTask, RollbackWarning
+from irunlearn.methods.base import ForgetTask, RollbackWarning, run
+from irunlearn.methods.grad_ascent import GradAscent, GradAscentConfig
 from irunlearn.world.artifacts import DEFAULT_ARTIFACTS, MANIFEST, MANIFEST_DIGEST, CorruptArtifactError, load_world
 from irunlearn.world.tasks import resolve_targets, world_task
 
@@ -361,10 +362,23 @@ def test_rollback_after_a_retain_blowup_reports_zero_steps_and_warns(ew, task):
     assert same_weights(result.model, ew.model) and result.history["step"].max() == 0
 
 
-def test_rollback_after_a_nan_loss_reports_zero_steps_and_warns(ew, task):
-    with pytest.warns(RollbackWarning, match="loss is not finite"):
-        result = forget(ew.model, ew.sae, task, method="grad_ascent", lr=1e30, guard_every=0, progress=False)
-    assert result.stop_reason == "nan" and result.steps == 0 and same_weights(result.model, ew.model)
+class NaNFromStepTwo(GradAscent):
+    """grad_ascent whose loss turns NaN from its third step on (a fault the loop must catch)."""
+
+    def step(self, model):
+        out = super().step(model)
+        self.calls = getattr(self, "calls", 0) + 1
+        return dataclasses.replace(out, loss=out.loss * math.nan) if self.calls > 2 else out
+
+
+def test_rollback_after_a_nan_loss_reports_the_updates_kept_and_warns(ew, task):
+    config = GradAscentConfig(progress=False, guard_every=0)
+    with pytest.warns(
+        RollbackWarning, match=r"loss is not finite \(nan\) at step 2; rolled back to the weights after 1"
+    ):
+        result = run(NaNFromStepTwo(task, ew.sae, config), ew.model)
+    clean = run(GradAscent(task, ew.sae, dataclasses.replace(config, max_steps=1)), ew.model)
+    assert result.stop_reason == "nan" and result.steps == 1 and same_weights(result.model, clean.model)
 
 
 # 9. Replacement is recoverable; temporary folders of dead writers are removed -----------------------
