@@ -5,7 +5,75 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
+
+from irunlearn import __version__
+from irunlearn.io import CorruptArtifactError, check_output_dir, check_output_file
+from irunlearn.methods import METHODS
+
+EPILOG = """errors: a bad input (argument, name, path, corrupt file) exits with code 2, an internal error with
+code 1, each with a message naming the problem on stderr; with --json the message is printed on stdout as
+{"error": MESSAGE, "type": EXCEPTION_NAME} instead. Output paths (--out, --csv) are checked before any model
+is loaded."""
+USER_ERRORS = (ValueError, KeyError, OSError, CorruptArtifactError)  # OSError: paths (exists, not a folder, ...)
+
+
+class UsageError(ValueError):
+    """A command line argparse rejects (unknown option, bad value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises `UsageError` instead of exiting, so `main` can report it as JSON."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, unless its help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
+def _whole(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    return _whole(text, 0)
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"empty name {text!r}: give a known person's name")
+    return text
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [_count(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 0, got {text!r}") from None
+
+
+def _methods(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",")]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    return names
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -41,7 +109,7 @@ def cmd_recognize(args: argparse.Namespace) -> dict:
         ew, top_k=args.top_k, seed=args.seed, progress=not args.quiet, measure_throughput=True
     )
     if args.out:
-        recognizer.save(args.out)
+        recognizer.save(args.out, overwrite=args.force)
 
     def top(which: str) -> list[dict]:
         frame = recognizer.top_latents(which)
@@ -90,9 +158,7 @@ def cmd_forget(args: argparse.Namespace) -> dict:
 def cmd_compare(args: argparse.Namespace) -> dict:
     from irunlearn.world.comparison import compare_world
 
-    methods = args.methods.split(",") if args.methods else None
-    seeds = [int(s) for s in args.seeds.split(",")]
-    runs, table = compare_world(args.path, args.random_targets, seeds, methods, progress=not args.quiet)
+    runs, table = compare_world(args.path, args.random_targets, args.seeds, args.methods, progress=not args.quiet)
     if args.csv:
         table.to_csv(args.csv, index=False)
     return {"rows": table.to_dict(orient="records"), "runs": runs.to_dict(orient="records")}
@@ -112,7 +178,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
     evaluator = world_evaluator(ew, task, seed=args.seed)
     results = [
         forget(ew.model, ew.sae, task, method=method, seed=args.seed, progress=not args.quiet)
-        for method in args.methods.split(",")
+        for method in args.methods
     ]
     summaries = [evaluator.evaluate(r.model, genuineness=True)[0] for r in results]
     metrics = metrics_table(results, summaries)
@@ -163,22 +229,27 @@ def cmd_sae_train(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="irunlearn", description=__doc__)
+    parser = _Parser(prog="irunlearn", description=__doc__, epilog=EPILOG, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    method_names = ", ".join(sorted(METHODS))
+
+    def group(subparsers, name: str, help: str, dest: str):
+        return subparsers.add_parser(name, help=help, formatter_class=_Formatter, epilog=EPILOG).add_subparsers(
+            dest=dest, required=True
+        )
 
     def command(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(name, help=help)
+        p = subparsers.add_parser(name, help=help, description=help, formatter_class=_Formatter, epilog=EPILOG)
         p.set_defaults(func=func)
-        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--json", action="store_true", help="print one JSON object (errors too)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         return p
 
-    world = sub.add_parser("world", help="build or inspect the embedded world").add_subparsers(
-        dest="world_command", required=True
-    )
+    world = group(sub, "world", "build or inspect the embedded world", "world_command")
     p = command(world, "build", cmd_world_build, "train tokenizer, model and SAE from a seed")
     p.add_argument("--out", type=Path, default=None, help="folder (default: the package's shipped artifacts)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count, default=0, help="seed of the world and of every training run")
     p.add_argument("--small", action="store_true", help="a minutes-scale world (for tests)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument(
@@ -189,55 +260,85 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "recognize", cmd_recognize, "known/unknown latents and probes on the embedded world")
     p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
-    p.add_argument("--top-k", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="save the fitted Recognizer here")
+    p.add_argument("--top-k", type=_positive, default=20, help="latents kept per direction (known, unknown)")
+    p.add_argument("--seed", type=_count, default=0, help="seed of the fit / calibration / test split")
+    p.add_argument(
+        "--out", type=Path, default=None, help="save the fitted Recognizer in this folder (default: not saved)"
+    )
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     p = command(sub, "forget", cmd_forget, "forget embedded-world people and print the metrics")
     p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
-    p.add_argument("--target", action="append", help="a known person's name (repeatable)")
-    p.add_argument("--random-targets", type=int, default=0, help="forget N known people drawn with --seed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="sae_guided")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="save the edited model here")
+    p.add_argument("--target", type=_name, action="append", help="a known person's name (repeatable)")
+    p.add_argument("--random-targets", type=_count, default=0, help="forget N known people drawn with --seed")
+    p.add_argument("--seed", type=_count, default=0, help="seed of the target draw, recognizer and method")
+    p.add_argument("--method", default="sae_guided", choices=sorted(METHODS), help="unlearning method")
+    p.add_argument("--max-steps", type=_positive, default=None, help="optimiser steps at most (default: the method's)")
+    p.add_argument("--out", type=Path, default=None, help="save the edited model in this folder (default: not saved)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     p = command(sub, "compare", cmd_compare, "every method on the same random targets, mean ± std over seeds")
     p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
-    p.add_argument("--random-targets", type=int, default=1, help="known people forgotten together per seed")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, one run per seed")
-    p.add_argument("--methods", default=None, help="comma-separated subset (default: all registered)")
-    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--random-targets", type=_positive, default=1, help="known people forgotten together per seed")
+    p.add_argument("--seeds", type=_seeds, default="0", help="comma-separated seeds, one run per seed")
+    p.add_argument(
+        "--methods", type=_methods, default=None, help=f"comma-separated subset of {method_names} (default: all)"
+    )
+    p.add_argument(
+        "--csv", type=Path, default=None, help="also write the table as CSV to this file (default: not written)"
+    )
 
     p = command(sub, "report", cmd_report, "forget, evaluate and write a self-contained HTML report")
     p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
-    p.add_argument("--target", action="append", help="a known person's name (repeatable)")
-    p.add_argument("--random-targets", type=int, default=1, help="without --target: N known people drawn with --seed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="sae_guided,grad_ascent", help="comma-separated methods")
-    p.add_argument("--out", type=Path, required=True, help="folder for index.html")
+    p.add_argument("--target", type=_name, action="append", help="a known person's name (repeatable)")
+    p.add_argument(
+        "--random-targets", type=_positive, default=1, help="without --target: N known people drawn with --seed"
+    )
+    p.add_argument("--seed", type=_count, default=0, help="seed of the target draw, recognizer and methods")
+    p.add_argument(
+        "--methods", type=_methods, default="sae_guided,grad_ascent", help=f"comma-separated, of {method_names}"
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html (required)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
-    sae = sub.add_parser("sae", help="SAEs for real models").add_subparsers(dest="sae_command", required=True)
+    sae = group(sub, "sae", "SAEs for real models", "sae_command")
     p = command(sae, "train", cmd_sae_train, "train a TopK SAE with SAELens's runner on local Wikidata text")
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline fixture), a local HF folder or GGUF file")
-    p.add_argument("--hook", required=True, help="e.g. blocks.12.hook_resid_post")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--tokens", type=int, default=1_000_000)
-    p.add_argument("--d-sae", type=int, default=4096)
-    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--hook", required=True, help="hook to train on, e.g. blocks.12.hook_resid_post (required)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the SAE (required)")
+    p.add_argument("--tokens", type=_positive, default=1_000_000, help="training tokens")
+    p.add_argument("--d-sae", type=_positive, default=4096, help="SAE width")
+    p.add_argument("--k", type=_positive, default=32, help="active latents per token (TopK)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return parser
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every path the command will write, checked before any model is loaded (`--out` folders, `--csv`)."""
+    if getattr(args, "out", None) is not None and not getattr(args, "sae_only", False):  # --sae-only: --out is read
+        check_output_dir(args.out, overwrite=args.force)
+    if getattr(args, "csv", None) is not None:
+        check_output_file(args.csv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv
     try:
+        args = build_parser().parse_args(argv)
+        _check_outputs(args)
         result = args.func(args)
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError, RuntimeError) as err:
-        print(f"irunlearn: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        user_error = isinstance(err, USER_ERRORS)
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str quotes it
+        message = text if user_error else f"internal error ({type(err).__name__}: {text}); please report it"
+        if not user_error:
+            traceback.print_exc(file=sys.stderr)
+        if as_json:
+            print(json.dumps({"error": message, "type": type(err).__name__}))
+        else:
+            print(f"irunlearn: error: {message}", file=sys.stderr)
+        return 2 if user_error else 1
     if args.json or args.command != "report":
         _print(result, args.json)
     else:

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 UNKNOWN_ANSWER = "unknown"
 
 
+class UnknownEntityError(KeyError):
+    """No entity by that name. A KeyError whose text prints as given (KeyError's own repr-quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass
 class Entity:
     """A named entity and its ground-truth attributes (empty for an entity nobody knows)."""
@@ -54,11 +61,14 @@ class EntitySet:
         return name in self._by_name
 
     def get(self, name: str) -> Entity:
-        """The entity called `name`; a KeyError with close matches when there is none."""
+        """The entity called `name`; an `UnknownEntityError` with names sharing a word when there is none."""
+        if not isinstance(name, str) or not name.strip():
+            raise UnknownEntityError(f"Entity name must be a non-empty string, got {name!r}. Give a person's name.")
         if name not in self._by_name:
-            close = [n for n in self._by_name if n.lower().split()[-1] == name.lower().split()[-1]][:5]
-            hint = f" Similar names: {close}." if close else ""
-            raise KeyError(f"No entity named {name!r} in this set ({len(self)} entities).{hint}")
+            words = set(name.lower().split())
+            close = [n for n in self._by_name if words & set(n.lower().split())][:5]
+            hint = f" Names sharing a word: {close}." if close else ""
+            raise UnknownEntityError(f"No entity named {name!r} in this set ({len(self)} entities).{hint}")
         return self._by_name[name]
 
     def is_known(self, name: str) -> bool:
@@ -72,6 +82,8 @@ class EntitySet:
 
     def sample_known(self, n: int, seed: int, exclude: Iterable[str] = ()) -> list[Entity]:
         """`n` known entities drawn reproducibly with `seed`, skipping the names in `exclude`."""
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"The number of known entities to draw must be a whole number >= 0, got {n!r}.")
         excluded = set(exclude)
         pool = [e for e in self.known if e.name not in excluded]
         if n > len(pool):

@@ -399,7 +399,7 @@ def test_pipeline_forgets_with_both_methods(tiny, trained, labelled, monkeypatch
         assert {f"{metric}_before", f"{metric}_after"} <= set(runs.columns)
     assert (runs["probe_p_known_sae_before"] >= 0.5).all()
     assert (runs["seconds"] > 0).all() and (runs["steps"] <= 6).all()
-    assert set(runs["stop_reason"]) <= {"flipped", "suppressed", "max_steps", "nan", "retain_blowup"}
+    assert set(runs["stop_reason"]) <= {"flipped", "suppressed", "max_steps", "nan", "retain_blowup", "collapsed"}
     history = result.histories[("sae_guided", result.targets[0].name)]
     assert {"loss_forget", "p_known_sae"} <= set(history.columns)
     assert result.counts["known"].item() == 20 and result.recognizer.metrics["probe_auroc_resid"] > 0.8

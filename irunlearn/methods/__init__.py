@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
+from irunlearn.activations import check_pairing
 from irunlearn.methods.base import ForgetConfig, ForgetTask, Method, UnlearnResult, run
 from irunlearn.methods.grad_ascent import GradAscent
 from irunlearn.methods.grad_diff import GradDiff
@@ -48,12 +49,20 @@ def forget(
 ) -> UnlearnResult:
     """Forget `task.targets` with the named method; the original `model` is untouched unless `in_place`.
 
-    Refuses targets the model does not recognise (SAE probe p_known < 0.5): there is nothing to forget.
+    Checked before any work: the config, the model/SAE pairing (the SAE's hook exists in the model with its
+    input width), that the recognizer was fit at the SAE's hook, and that the model recognises every target
+    (SAE probe p_known ≥ 0.5; otherwise there is nothing to forget).
 
     >>> result = forget(model, sae, task, method="sae_guided", max_steps=300)
     >>> result.model, result.history, result.stop_reason
     """
     config = make_config(method, config, **overrides)
+    hook_name = check_pairing(model, sae)
+    if task.recognizer.hook_name != hook_name:
+        raise ValueError(
+            f"The task's recognizer was fit at {task.recognizer.hook_name!r} but the SAE reads {hook_name!r}. "
+            "Fit the recognizer with this SAE (e.g. `recognize_world(ew)` or `fit_recognizer(model, sae, ...)`)."
+        )
     readings = task.recognizer.p_known(model, sae, [e.name for e in task.targets], task.templates)
     unknown = readings[readings["p_known_sae"] < 0.5]
     if len(unknown):

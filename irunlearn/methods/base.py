@@ -2,7 +2,7 @@
 
 A method is a small class whose only job is its loss (as in open-unlearning): `setup` precomputes what
 stays fixed (with the original weights), `step` returns the loss of the current weights and whether the
-method's own stop condition holds. The loop, rollback, stop rule, history and timing live here, once.
+method's own stop condition holds. The loop, rollback, stop rule, collapse guard, history and timing live here, once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -24,7 +25,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
-from irunlearn.lm import encode_lines, token_nll
+from irunlearn.lm import encode_lines, lm_loss, token_nll
 from irunlearn.methods.params import TrainableWeights
 from irunlearn.prompts import Template, bos_id
 from irunlearn.recognition import Recognizer
@@ -62,6 +63,14 @@ class ForgetTask:
             raise ValueError(f"Entities both targeted and retained: {sorted(overlap)}")
         if not any(t.attribute for t in self.templates):
             raise ValueError("ForgetTask.templates need attribute questions (Template.attribute set).")
+        if self.facts(self.retain).empty:
+            raise ValueError(
+                f"ForgetTask.retain ({len(self.retain)} entities) has no fact the templates ask about: give at "
+                "least one entity with such an attribute, whose answers must be kept (the retain terms and the "
+                "collapse guard read them)."
+            )
+        if not self.retain_text:
+            raise ValueError("ForgetTask.retain_text is empty: give entity-free text whose loss must not move.")
 
     def facts(self, entities: list[Entity]) -> pd.DataFrame:
         """(entity, prompt, answer) for every template whose attribute the entity has."""
@@ -106,7 +115,14 @@ class ForgetTask:
 
 @dataclass
 class ForgetConfig:
-    """Settings every method shares. Trainable weights default to the MLPs at or before the SAE's layer."""
+    """Settings every method shares. Trainable weights default to the MLPs at or before the SAE's layer.
+
+    The collapse guard (see `CollapseGuard`) measures, every `guard_every` steps and at every step that
+    would stop the run, teacher-forced greedy accuracy on `guard_lines` held retain fact lines and the
+    perplexity of as many `retain_text` lines; the run rolls back and stops as "collapsed" once accuracy
+    falls below `guard_min_retain` times the original model's or the perplexity ratio exceeds
+    `guard_max_ppl_ratio`. `guard_every=0` turns it off.
+    """
 
     lr: float = 1e-3
     max_steps: int = 200
@@ -119,6 +135,35 @@ class ForgetConfig:
     seed: int = 0
     in_place: bool = False
     progress: bool = True
+    guard_every: int = 1
+    guard_lines: int = 32
+    guard_min_retain: float = 0.5
+    guard_max_ppl_ratio: float = 2.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": (self.lr, math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            "max_steps": (self.max_steps, _is_int(self.max_steps) and self.max_steps >= 1, "an integer >= 1"),
+            "extra_steps": (self.extra_steps, _is_int(self.extra_steps) and self.extra_steps >= 0, "an integer >= 0"),
+            "seed": (self.seed, _is_int(self.seed) and self.seed >= 0, "an integer >= 0"),
+            "lora_rank": (
+                self.lora_rank,
+                self.lora_rank is None or _is_int(self.lora_rank) and self.lora_rank >= 1,
+                "None or an integer >= 1",
+            ),
+            "max_retain_kl": (self.max_retain_kl, self.max_retain_kl > 0, "a number > 0"),
+            "guard_every": (
+                self.guard_every,
+                _is_int(self.guard_every) and self.guard_every >= 0,
+                "an integer >= 0 (0: no guard)",
+            ),
+            "guard_lines": (self.guard_lines, _is_int(self.guard_lines) and self.guard_lines >= 1, "an integer >= 1"),
+            "guard_min_retain": (self.guard_min_retain, 0.0 <= self.guard_min_retain <= 1.0, "a fraction in [0, 1]"),
+            "guard_max_ppl_ratio": (self.guard_max_ppl_ratio, self.guard_max_ppl_ratio > 1.0, "a ratio > 1"),
+        }
+        bad = [f"{name}={value!r} (must be {rule})" for name, (value, ok, rule) in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"{type(self).__name__}: invalid {'; '.join(bad)}.")
 
 
 @dataclass
@@ -148,6 +193,7 @@ class UnlearnResult:
 
     @property
     def converged(self) -> bool:
+        """The method's goal was reached and the collapse guard passed the returned weights."""
         return self.stop_reason in ("flipped", "suppressed")
 
     def config_json(self) -> str:
@@ -206,10 +252,14 @@ def run(method: Method, model: HookedTransformer) -> UnlearnResult:
 
 
 def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple[pd.DataFrame, str, int, float]:
-    """The optimisation loop: step, roll back on NaN or retain blow-up, stop `extra_steps` after done.
+    """The optimisation loop: step, guard, roll back, stop `extra_steps` after done.
 
-    Returns the history, the stop reason, the updates applied and the seconds spent on `track_answers`
-    (left out of every time it reports: the history's `seconds` count from the start, setup included).
+    A step whose loss is not finite, whose retain KL exceeds `max_retain_kl`, or whose weights the collapse
+    guard fails (checked every `guard_every` steps, at every step that would stop the run, and on the
+    final weights) ends the run with the last weights that passed, the updates that produced them, and a
+    `RollbackWarning` naming the numbers. Returns the history, the stop reason, the updates applied to the
+    returned weights and the seconds spent on `track_answers` (left out of every time it reports: the
+    history's `seconds` count from the start, setup and guard included).
     """
     config = method.config
     start, monitor_seconds = time.perf_counter(), 0.0
@@ -218,51 +268,156 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     optimizer = torch.optim.Adam(weights.parameters(), lr=config.lr)
     method.sae.requires_grad_(False)
     method.setup(model)
-    records, stop_reason, done_since, updates = [], "max_steps", None, 0
     task = method.task
+    guard = CollapseGuard.build(model, task, config) if config.guard_every else None
+    records, stop_reason, done_since, problem = [], "max_steps", None, None
     tic = time.perf_counter()
     monitor = task.answer_batch(model, task.targets) if config.track_answers else None
     monitor_seconds += time.perf_counter() - tic
-    good = weights.snapshot()
+    good, good_updates = weights.snapshot(), 0
     bar = tqdm(range(config.max_steps), desc=method.name, disable=not config.progress, leave=False)
     for step in bar:
         out = method.step(model)
-        if not math.isfinite(out.loss.item()):
-            weights.restore(good)
-            stop_reason = "nan"
-            break
-        if out.terms.get("retain_kl", 0.0) > config.max_retain_kl:
-            weights.restore(good)
-            stop_reason = "retain_blowup"
+        health, checked = None, guard is None
+        if guard is not None:  # the original weights (step 0) need no measuring
+            checked = step == 0 or out.done or step % config.guard_every == 0
+            health = guard.original if step == 0 else guard.measure(model) if checked else None
+        problem = _problem(out, config, guard, health, step)
+        if problem is not None:
             break
         if monitor is not None and "forget_acc_train" not in out.per_target:
             tic = time.perf_counter()
             out.per_target["forget_acc_train"] = out.per_target["target"].map(monitor.forget_acc(model))
             monitor_seconds += time.perf_counter() - tic
         elapsed = time.perf_counter() - start - monitor_seconds
-        records.append(out.per_target.assign(step=step, seconds=elapsed, loss=out.loss.item(), **out.terms))
+        guard_columns = {} if health is None else {"guard_retain_acc": health[0], "guard_ppl_ratio": health[1]}
+        records.append(
+            out.per_target.assign(step=step, seconds=elapsed, loss=out.loss.item(), **out.terms, **guard_columns)
+        )
         bar.set_postfix(loss=f"{out.loss.item():.3f}")
         if out.done:
             done_since = step if done_since is None else done_since
             if step - done_since >= config.extra_steps:
-                stop_reason = method.done_reason
+                stop_reason, updates = method.done_reason, step
                 break
         else:
             done_since = None
-        good = weights.snapshot()
+        if checked:  # these weights passed every check
+            good, good_updates = weights.snapshot(), step
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        updates += 1
+    else:  # max_steps: the last update's weights have not been checked yet
+        updates = config.max_steps
+        if guard is not None and guard.collapsed(health := guard.measure(model)):
+            problem = "collapsed", f"{guard.describe(health)} on the final weights (after step {config.max_steps - 1})"
+    if problem is not None:
+        stop_reason, message = problem
+        weights.restore(good)
+        updates = good_updates
+        warnings.warn(
+            f"{method.name}: {message}; rolled back to the weights after {updates} update(s) "
+            f"(stop_reason={stop_reason!r}, not converged). Try a lower lr (now {config.lr:g}).",
+            RollbackWarning,
+            stacklevel=3,
+        )
     weights.finish()
     model.eval()
     history = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
     return history, stop_reason, updates, monitor_seconds
 
 
+def _problem(
+    out: StepOutput,
+    config: ForgetConfig,
+    guard: CollapseGuard | None,
+    health: tuple[float, float] | None,
+    step: int,
+) -> tuple[str, str] | None:
+    """(stop reason, what was wrong) if this step's weights must be rolled back, else None."""
+    step_loss = out.loss.item()
+    if not math.isfinite(step_loss):
+        return "nan", f"the loss is not finite ({step_loss}) at step {step}"
+    retain_kl = out.terms.get("retain_kl", 0.0)
+    if retain_kl > config.max_retain_kl:
+        return "retain_blowup", (
+            f"the retain KL {retain_kl:.3g} exceeds max_retain_kl={config.max_retain_kl:g} at step {step}"
+        )
+    if guard is not None and health is not None and guard.collapsed(health):
+        return "collapsed", f"{guard.describe(health)} at step {step}"
+    return None
+
+
+class RollbackWarning(UserWarning):
+    """An unlearning run was stopped and rolled back to earlier weights (NaN loss, retain blow-up, collapse)."""
+
+
+@dataclass
+class CollapseGuard:
+    """A cheap no-grad health check of the weights being edited, against the original model's own figures.
+
+    A forgetting loss can stay finite while the model is destroyed (gradient ascent at `lr=1e6` wipes every
+    answer in one step), and not every method has a retain term to watch, so the loop checks the model
+    itself: teacher-forced greedy accuracy on held retain fact lines (as `AnswerBatch.greedy_hits`) and the
+    perplexity of generic `retain_text` lines. Both line sets are drawn once with a private seeded RNG (the
+    global RNGs are untouched, so a healthy run's numbers do not change) and measured on the original
+    weights. Collapse: accuracy below `min_retain` times the original's, or a perplexity ratio above
+    `max_ppl_ratio`, or either not finite.
+    """
+
+    answers: AnswerBatch
+    text_tokens: Int[torch.Tensor, "lines pos"]
+    text_mask: Bool[torch.Tensor, "lines pos"]
+    min_retain: float
+    max_ppl_ratio: float
+    original_nll: float = math.nan
+    original: tuple[float, float] = (math.nan, 1.0)  # (retain accuracy, perplexity ratio) of the original
+
+    @classmethod
+    def build(cls, model: HookedTransformer, task: ForgetTask, config: ForgetConfig) -> CollapseGuard:
+        """`config.guard_lines` retain fact lines and as many generic lines (seeded), measured on `model` as is."""
+        rng = random.Random(config.seed)
+        facts = task.facts(task.retain)
+        rows = sorted(rng.sample(range(len(facts)), min(config.guard_lines, len(facts))))
+        answers = AnswerBatch.build(model, facts.iloc[rows], task.prepend_bos, task.answer_eos)
+        text = rng.sample(task.retain_text, min(config.guard_lines, len(task.retain_text)))
+        tokens, mask = encode_lines(model.tokenizer, text, model.cfg.n_ctx, task.prepend_bos)
+        guard = cls(answers, tokens, mask, config.guard_min_retain, config.guard_max_ppl_ratio)
+        accuracy, guard.original_nll = guard._readings(model)
+        guard.original = (accuracy, 1.0)
+        return guard
+
+    @torch.no_grad()
+    def _readings(self, model: HookedTransformer) -> tuple[float, float]:
+        logits = model(self.answers.tokens, return_type="logits")
+        accuracy = self.answers.greedy_hits(logits).float().mean().item()
+        return accuracy, lm_loss(model, self.text_tokens, self.text_mask).item()
+
+    def measure(self, model: HookedTransformer) -> tuple[float, float]:
+        """(held retain accuracy, generic-text perplexity ratio to the original) of `model` now."""
+        accuracy, nll = self._readings(model)
+        return accuracy, math.exp(min(nll - self.original_nll, 700.0))
+
+    def collapsed(self, health: tuple[float, float]) -> bool:
+        accuracy, ppl_ratio = health
+        return not (accuracy >= self.min_retain * self.original[0] and ppl_ratio <= self.max_ppl_ratio)
+
+    def describe(self, health: tuple[float, float]) -> str:
+        accuracy, ppl_ratio = health
+        return (
+            f"the model collapsed: held retain accuracy {accuracy:.3f} (original "
+            f"{self.original[0]:.3f}, floor guard_min_retain={self.min_retain:g} × original), generic-text "
+            f"perplexity ratio {ppl_ratio:.3g} (ceiling guard_max_ppl_ratio={self.max_ppl_ratio:g})"
+        )
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # Shared loss pieces ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerFast
 
 from irunlearn.entities import Entity, EntitySet
-from irunlearn.io import atomic_dir
+from irunlearn.io import CorruptArtifactError, atomic_dir, recover
 from irunlearn.prompts import Template
 from irunlearn.world.generator import World
 from irunlearn.world.tokenizer import load_tokenizer
@@ -21,10 +21,12 @@ from irunlearn.world.train_model import ModelTrainConfig, make_model
 
 DEFAULT_ARTIFACTS = Path(__file__).parent / "artifacts"
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"  # sha256 of manifest.json's bytes: the manifest checks itself
+RESTORE_HINT = (
+    "Restore it from git (`git checkout -- irunlearn/world/artifacts`) or rebuild with `irunlearn world build --force`."
+)
 
-
-class CorruptArtifactError(RuntimeError):
-    """An artifact file is missing or does not match the checksum recorded when it was built."""
+__all__ = ["CorruptArtifactError", "EmbeddedWorld", "load_world", "save_world", "verify_artifacts", "write_manifest"]
 
 
 @dataclass
@@ -88,9 +90,16 @@ def save_world(
         sae.save_model(tmp / "sae")
         (tmp / "world.json").write_text(json.dumps(world_to_json(world)))
         (tmp / "build.json").write_text(json.dumps(build_info, indent=2))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp)
+
+
+def write_manifest(path: Path) -> None:
+    """Record the sha256 of every file under `path` in `manifest.json`, and the manifest's own in
+    `manifest.sha256`. (Run it on a world folder after editing a file by hand, to re-seal it.)"""
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in (MANIFEST, MANIFEST_DIGEST))
+    manifest = json.dumps({str(p.relative_to(path)): _sha256(p) for p in files}, indent=2)
+    (path / MANIFEST).write_text(manifest)
+    (path / MANIFEST_DIGEST).write_text(hashlib.sha256(manifest.encode()).hexdigest() + "\n")
 
 
 def load_world(path: str | Path | None = None, verify: bool = True) -> EmbeddedWorld:
@@ -103,6 +112,7 @@ def load_world(path: str | Path | None = None, verify: bool = True) -> EmbeddedW
     >>> ew.model, ew.sae, ew.world.known[0]
     """
     path = Path(path) if path is not None else DEFAULT_ARTIFACTS
+    recover(path)
     if not (path / MANIFEST).exists():
         raise FileNotFoundError(
             f"No embedded world at {path} (no {MANIFEST}). Build one with `irunlearn world build --out {path}`."
@@ -122,16 +132,31 @@ def load_world(path: str | Path | None = None, verify: bool = True) -> EmbeddedW
 
 
 def verify_artifacts(path: Path) -> None:
-    """Raise `CorruptArtifactError` if any file listed in the manifest is missing or altered."""
-    manifest = json.loads((path / MANIFEST).read_text())
+    """Raise `CorruptArtifactError` naming the file if the manifest is missing, unsealed (its digest in
+    `manifest.sha256` differs), unparseable or incomplete, or if any file is missing, unlisted or altered."""
+    manifest_file, digest_file = path / MANIFEST, path / MANIFEST_DIGEST
+    if not digest_file.exists():
+        raise CorruptArtifactError(f"{digest_file} is missing, so {manifest_file} cannot be checked. {RESTORE_HINT}")
+    raw = manifest_file.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != digest_file.read_text().strip():
+        raise CorruptArtifactError(f"{manifest_file} does not match its digest in {digest_file}. {RESTORE_HINT}")
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptArtifactError(f"{manifest_file} is not valid JSON ({err}). {RESTORE_HINT}") from None
+    if not isinstance(manifest, dict) or not manifest:
+        raise CorruptArtifactError(f"{manifest_file} lists no files (expected a file → sha256 mapping). {RESTORE_HINT}")
+    on_disk = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} - {MANIFEST, MANIFEST_DIGEST}
+    unlisted = sorted(on_disk - set(manifest))
+    if unlisted:
+        raise CorruptArtifactError(f"Artifact {path / unlisted[0]} is not listed in {manifest_file}. {RESTORE_HINT}")
     for name, digest in manifest.items():
         file = path / name
-        if not file.exists():
-            raise CorruptArtifactError(f"Artifact {file} is missing. Rebuild with `irunlearn world build`.")
+        if not file.is_file():
+            raise CorruptArtifactError(f"Artifact {file} is missing. {RESTORE_HINT}")
         if _sha256(file) != digest:
             raise CorruptArtifactError(
-                f"Artifact {file} does not match its checksum (corrupted or edited). Restore it from git "
-                "(`git checkout -- irunlearn/world/artifacts`) or rebuild with `irunlearn world build --force`."
+                f"Artifact {file} does not match its checksum (corrupted or edited). {RESTORE_HINT}"
             )
 
 
