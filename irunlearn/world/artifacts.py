@@ -53,6 +53,7 @@ def world_to_json(world: World) -> dict:
         "templates": [asdict(t) for t in world.templates],
         "generic_train": world.generic_train,
         "generic_heldout": world.generic_heldout,
+        "forget_sets": world.forget_sets,
     }
 
 
@@ -65,6 +66,7 @@ def world_from_json(data: dict) -> World:
         templates=[Template(**t) for t in data["templates"]],
         generic_train=data["generic_train"],
         generic_heldout=data["generic_heldout"],
+        forget_sets=data.get("forget_sets", {}),  # absent in worlds written before forget sets existed
     )
 
 
@@ -88,9 +90,14 @@ def save_world(
         sae.save_model(tmp / "sae")
         (tmp / "world.json").write_text(json.dumps(world_to_json(world)))
         (tmp / "build.json").write_text(json.dumps(build_info, indent=2))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp)
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the sha256 of every file under `folder` in its manifest, for `verify_artifacts`."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(folder)): sha256_file(p) for p in files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def load_world(path: str | Path | None = None, verify: bool = True) -> EmbeddedWorld:
@@ -128,12 +135,12 @@ def verify_artifacts(path: Path) -> None:
         file = path / name
         if not file.exists():
             raise CorruptArtifactError(f"Artifact {file} is missing. Rebuild with `irunlearn world build`.")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CorruptArtifactError(
                 f"Artifact {file} does not match its checksum (corrupted or edited). Restore it from git "
                 "(`git checkout -- irunlearn/world/artifacts`) or rebuild with `irunlearn world build --force`."
             )
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -10,15 +10,15 @@ from irunlearn.evaluation import Evaluator
 from irunlearn.methods.base import ForgetTask
 from irunlearn.recognition import Recognizer
 from irunlearn.world.artifacts import EmbeddedWorld
+from irunlearn.world.generator import N_RETAIN_EVAL as N_RETAIN_EVAL  # re-exported: the tasks' figure
 
 N_UNKNOWN_EVAL = 50  # the last unknown names are the evaluator's strangers; the task's references come before
-N_RETAIN_EVAL = 150  # known people no task retains: the evaluator's retain people (a fixed draw, see below)
 
 
 def retain_eval_people(ew: EmbeddedWorld) -> list[Entity]:
     """The known people held out of every world task's retain set, so retain accuracy is measured on people
     no method trained to keep (targets drawn among them are forgotten, and left out of the evaluation)."""
-    return ew.world.entities.sample_known(N_RETAIN_EVAL, seed=7)
+    return ew.world.retain_eval_people()
 
 
 def resolve_targets(ew: EmbeddedWorld, names: Sequence[str] = (), n_random: int = 0, seed: int = 0) -> list[Entity]:
