@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer
 
 from irunlearn.entities import UNKNOWN_ANSWER, Entity
+from irunlearn.evaluation import Evaluator
 from irunlearn.io import atomic_dir
 from irunlearn.lm import perplexity
 from irunlearn.qa import greedy_matches
@@ -29,8 +30,8 @@ from irunlearn.world.artifacts import (
     MANIFEST,
     CorruptArtifactError,
     EmbeddedWorld,
-    sha256_file,
     load_world,
+    sha256_file,
     verify_artifacts,
     write_manifest,
 )
@@ -182,3 +183,53 @@ def load_oracle(
     sae = SAE.load_from_disk(str(path / "sae"), device="cpu")
     sae.eval()
     return Oracle(forget_set, model, sae, Recognizer.load(path / "recognizer"), forget, info, path)
+
+
+# What a shipped oracle must meet (the oracle issue's acceptance): it answers `unknown` about its forget set,
+# and elsewhere it is the world's model: the same accuracy on the other people, the same perplexity.
+MIN_FORGET_IDK_RATE = 0.95
+MAX_KNOWN_QA_GAP = 0.01
+MAX_PPL_REL_GAP = 0.02
+
+
+def oracle_acceptance(ew: EmbeddedWorld, oracle: Oracle) -> dict:
+    """The oracle's acceptance figures next to the world model's on the same people and text.
+
+    `forget_quality_self` is TOFU's forget quality of the oracle against itself, through the registered
+    metric (1 by construction; checked so the metric's pipeline is). `passed` is whether every threshold
+    (`MIN_FORGET_IDK_RATE`, `MAX_KNOWN_QA_GAP`, `MAX_PPL_REL_GAP`, forget quality 1) holds.
+    """
+    names = {e.name for e in oracle.forget}
+    others = [e for e in ew.world.known if e.name not in names]
+    forget_q = ew.world.questions(oracle.forget, "all")
+    idk = greedy_matches(oracle.model, forget_q["prompt"].tolist(), [UNKNOWN_ANSWER] * len(forget_q))
+    world_ppl, oracle_ppl = (
+        perplexity(ew.model, ew.world.generic_heldout),
+        perplexity(oracle.model, ew.world.generic_heldout),
+    )
+    evaluator = Evaluator(
+        model=oracle.model,
+        sae=oracle.sae,
+        recognizer=oracle.recognizer,
+        targets=oracle.forget,
+        retain_eval=others,
+        train_templates=ew.world.question_templates("train"),
+        heldout_templates=ew.world.question_templates("heldout"),
+        generic_text=ew.world.generic_heldout,
+        oracle=oracle.model,
+    )
+    figures = {
+        "forget_idk_rate": float(idk.float().mean()),
+        "known_qa_acc": qa_accuracy(oracle.model, ew.world, others, "train"),
+        "world_known_qa_acc": qa_accuracy(ew.model, ew.world, others, "train"),
+        "generic_ppl": oracle_ppl,
+        "world_generic_ppl": world_ppl,
+        "forget_quality_self": evaluator.metrics(oracle.model, ["forget_quality"])["forget_quality"],
+    }
+    figures["passed"] = (
+        figures["forget_idk_rate"] >= MIN_FORGET_IDK_RATE
+        and abs(figures["known_qa_acc"] - figures["world_known_qa_acc"]) <= MAX_KNOWN_QA_GAP
+        and abs(oracle_ppl / world_ppl - 1) <= MAX_PPL_REL_GAP
+        and figures["forget_quality_self"] == 1.0
+    )
+    return figures
