@@ -74,6 +74,9 @@ class Evaluator:
     relearn_lr: float = 1e-3
     seed: int = 0
     oracle: HookedTransformer | None = None  # the model retrained without the targets, where one exists
+    # every value each attribute can take (perturbed answers, strangers' invented facts); empty: the values
+    # seen among the targets and retain people
+    attribute_values: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._retain_questions = fact_questions(self.retain_eval, self.train_templates)

@@ -7,7 +7,7 @@ An oracle is the model retrained without the targets (`Evaluator.oracle`; for th
 
 The embedded world's answers are single words, so TOFU's paraphrased *answers* become the true answer under
 paraphrased (held-out) *questions*, and its perturbed answers are the attribute's other values: every value
-of that attribute seen among the evaluator's people (`attribute_pools`), the true one left out.
+that attribute can take (`attribute_pools`), the true one left out.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ MIN_K = 0.4  # Min-K% Prob's k, as the issue asks (open-unlearning's MinKProbAtt
 
 
 def attribute_pools(evaluator: Evaluator) -> dict[str, list[str]]:
-    """Every value each attribute takes among the evaluator's targets and retain people, sorted: the
-    candidates for perturbed answers and for strangers' invented facts."""
+    """Every value each attribute can take, sorted: the candidates for perturbed answers and for strangers'
+    invented facts. `Evaluator.attribute_values` where given (the embedded world's evaluator gives its
+    generator's pools), else every value seen among the evaluator's targets and retain people."""
+    if evaluator.attribute_values:
+        return {attribute: sorted(values) for attribute, values in evaluator.attribute_values.items()}
     pools: dict[str, set[str]] = {}
     for entity in [*evaluator.targets, *evaluator.retain_eval]:
         for attribute, value in entity.attributes.items():

@@ -35,6 +35,7 @@ from irunlearn.world.artifacts import (
     verify_artifacts,
     write_manifest,
 )
+from irunlearn.world.generator import ATTRIBUTE_VALUES
 from irunlearn.world.recognition import recognize_world
 from irunlearn.world.stats import qa_accuracy, sae_quality
 from irunlearn.world.train_model import ModelTrainConfig, make_model, train_model
@@ -217,6 +218,7 @@ def oracle_acceptance(ew: EmbeddedWorld, oracle: Oracle) -> dict:
         heldout_templates=ew.world.question_templates("heldout"),
         generic_text=ew.world.generic_heldout,
         oracle=oracle.model,
+        attribute_values={attribute: list(values) for attribute, values in ATTRIBUTE_VALUES.items()},
     )
     figures = {
         "forget_idk_rate": float(idk.float().mean()),

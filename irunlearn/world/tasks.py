@@ -10,6 +10,7 @@ from irunlearn.evaluation import Evaluator
 from irunlearn.methods.base import ForgetTask
 from irunlearn.recognition import Recognizer
 from irunlearn.world.artifacts import EmbeddedWorld
+from irunlearn.world.generator import ATTRIBUTE_VALUES
 from irunlearn.world.generator import N_RETAIN_EVAL as N_RETAIN_EVAL  # re-exported: the tasks' figure
 
 N_UNKNOWN_EVAL = 50  # the last unknown names are the evaluator's strangers; the task's references come before
@@ -77,4 +78,5 @@ def world_evaluator(ew: EmbeddedWorld, task: ForgetTask, n_retain_eval: int | No
         generic_text=ew.world.generic_heldout,
         unknown_reference=ew.world.unknown_eval[-N_UNKNOWN_EVAL:],
         seed=seed,
+        attribute_values={attribute: list(values) for attribute, values in ATTRIBUTE_VALUES.items()},
     )
