@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from sae_lens import SAE
@@ -26,9 +26,9 @@ from irunlearn.evaluation import Evaluator
 from irunlearn.methods.base import ForgetTask
 from irunlearn.prompts import NAME_SLOT, Template
 from irunlearn.recognition import Recognizer, fit_recognizer
+from irunlearn.world.generator import ATTRIBUTE_VALUES
 
 FRAME_COLUMNS = ("entity", "question", "answer")
-N_RETAIN_EVAL = 150  # world: known people no task retains (a fixed draw, seed 7)
 N_STRANGERS = 50  # world: the last unknown names are the evaluator's strangers; the task's references precede
 MIN_PER_SIDE = 5  # recognition splits each population 60/20/20 into fit / calibration / test
 
@@ -45,6 +45,8 @@ class EntityBench:
     - `idk_answer`: the answer a stranger gets (`unknown` in the embedded world); None for a real model,
       where "answered like a stranger" is judged by the gold answer's probability (see `Evaluator`).
     - `answer_eos`: whether an exact answer ends with the end-of-sequence token (the world's format).
+    - `attribute_values`: every value each attribute can take (perturbed answers, strangers' invented
+      facts, forced choice); empty: the evaluator uses the values seen among the bench's people.
     """
 
     name: str
@@ -58,6 +60,7 @@ class EntityBench:
     strangers: list[Entity]
     idk_answer: str | None = UNKNOWN_ANSWER
     answer_eos: bool = True
+    attribute_values: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for label, items in (
@@ -89,9 +92,10 @@ class EntityBench:
             heldout_templates=world.question_templates("heldout"),
             retain_text=world.generic_train,
             heldout_text=world.generic_heldout,
-            retain_eval=world.entities.sample_known(N_RETAIN_EVAL, seed=7),
+            retain_eval=world.retain_eval_people(),
             references=unknown[:-N_STRANGERS],
             strangers=unknown[-N_STRANGERS:],
+            attribute_values={attribute: list(values) for attribute, values in ATTRIBUTE_VALUES.items()},
         )
 
     @classmethod
@@ -232,6 +236,7 @@ class EntityBench:
             prepend_bos=model.cfg.default_prepend_bos,
             answer_eos=self.answer_eos,
             seed=seed,
+            attribute_values=self.attribute_values,
         )
 
 

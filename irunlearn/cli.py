@@ -87,6 +87,16 @@ def _print(result: dict, as_json: bool) -> None:
 def cmd_world_build(args: argparse.Namespace) -> dict:
     from irunlearn.world.build import BuildConfig, build_world, rebuild_sae
 
+    if args.forget_set:
+        from irunlearn.world.oracle import build_oracle
+
+        if args.small or args.sae_only or args.seed != 0:
+            raise ValueError(
+                "--forget-set builds the oracle of an existing world (--path, default: the shipped one) with that "
+                "world's own configuration; drop --small / --sae-only / --seed (build a --small world first, then "
+                "its oracle with --path)."
+            )
+        return build_oracle(args.forget_set, args.path, args.out, force=args.force, progress=not args.quiet)
     cfg = BuildConfig.small(args.seed) if args.small else BuildConfig(seed=args.seed)
     if args.sae_only:
         return rebuild_sae(args.out, cfg.sae, progress=not args.quiet)
@@ -255,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sae-only", action="store_true", help="retrain only the SAE of the world at --out, in place (keeps the model)"
     )
+    p.add_argument(
+        "--forget-set",
+        default=None,
+        help="build the oracle of this forget set (forget01/forget05/forget10): the world at --path retrained "
+        "without those people, saved to --out (default: <world>/oracles/NAME)",
+    )
+    p.add_argument("--path", type=Path, default=None, help="with --forget-set: the world (default: the shipped one)")
     p = command(world, "stats", cmd_world_stats, "accuracy, idk rate, perplexity and SAE quality")
     p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
 

@@ -82,6 +82,9 @@ class Evaluator:
     relearn_lr: float = 1e-3
     seed: int = 0
     oracle: HookedTransformer | None = None  # the model retrained without the targets, where one exists
+    # every value each attribute can take (perturbed answers, strangers' invented facts); empty: the values
+    # seen among the targets and retain people
+    attribute_values: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._retain_questions = fact_questions(self.retain_eval, self.train_templates)
@@ -325,3 +328,7 @@ def repetition_rate(texts: Sequence[list[int]]) -> float:
     """Mean over sequences of the fraction of tokens that repeat an earlier token of the same sequence."""
     rates = [1 - len(set(seq)) / len(seq) for seq in texts if seq]
     return sum(rates) / len(rates) if rates else 0.0
+
+
+# The field's metrics against an oracle (group "oracle") register themselves on import.
+from irunlearn import oracle_metrics  # noqa: E402, F401

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
@@ -33,30 +33,65 @@ def greedy_matches(
     Checked by teacher forcing in one batched forward per chunk: the greedy continuation equals the
     answer iff the argmax at every answer position (and the end-of-sequence after it) is the gold token.
     """
+    out = torch.zeros(len(prompts), dtype=torch.bool, device=model.cfg.device)
+    for i, _, hits in _answer_passes(model, prompts, answers, prepend_bos, answer_eos, batch_size, progress):
+        out[i] = bool(hits.all())
+    return out
+
+
+@torch.no_grad()
+def answer_token_scores(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    prepend_bos: bool = True,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> list[tuple[Float[torch.Tensor, " a"], Bool[torch.Tensor, " a"]]]:
+    """Per (prompt, answer): the log-probability of each token of `" " + answer` after the prompt (teacher
+    forced) and whether it is the greedy choice there. The answer's own tokens only (no end-of-sequence),
+    tokenised exactly as `greedy_matches` does; the input of probability-based unlearning metrics."""
+    out: list = [None] * len(prompts)
+    for i, logprobs, hits in _answer_passes(model, prompts, answers, prepend_bos, False, batch_size, progress):
+        out[i] = (logprobs, hits)
+    return out
+
+
+def _answer_passes(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    prepend_bos: bool,
+    with_stop: bool,
+    batch_size: int,
+    progress: bool,
+) -> Iterator[tuple[int, Float[torch.Tensor, " a"], Bool[torch.Tensor, " a"]]]:
+    """Teacher-forced passes over `prompt answer [EOS]`, length-sorted in batches: for each item its index,
+    the log-probabilities of its answer tokens and whether each is the argmax."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
     tokenizer = model.tokenizer
-    stop = tokenizer.eos_token_id if answer_eos else None
+    stop = [tokenizer.eos_token_id] if with_stop and tokenizer.eos_token_id is not None else []
     rows, spans = [], []
     for prompt, answer in zip(prompts, answers, strict=True):
         prompt_ids = _encode(model, prompt, prepend_bos)
-        full = _encode(model, f"{prompt} {answer}", prepend_bos) + ([stop] if stop is not None else [])
+        full = _encode(model, f"{prompt} {answer}", prepend_bos) + stop
         if full[: len(prompt_ids)] != prompt_ids:  # the answer merged into the prompt's last token
             prompt_ids = prompt_ids[:-1]
         rows.append(full)
         spans.append((len(prompt_ids), len(full)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = torch.zeros(len(rows), dtype=torch.bool, device=model.cfg.device)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for start in tqdm(range(0, len(rows), batch_size), desc="QA", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
         width = max(len(rows[i]) for i in idx)
         tokens = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in idx], device=model.cfg.device)
-        predicted = model(tokens, return_type="logits").argmax(-1)
+        logprobs = model(tokens, return_type="logits").log_softmax(-1)
         for row, i in enumerate(idx):
             a, b = spans[i]
-            out[i] = bool((predicted[row, a - 1 : b - 1] == tokens[row, a:b]).all())
-    return out
+            step = logprobs[row, a - 1 : b - 1]
+            gold = tokens[row, a:b]
+            yield i, step.gather(-1, gold[:, None])[:, 0], step.argmax(-1) == gold
 
 
 @torch.no_grad()
@@ -95,35 +130,12 @@ def answer_logprob(
     answers: Sequence[str],
     prepend_bos: bool | None = None,
     batch_size: int = 32,
-) -> torch.Tensor:
-    """`log p(" " + answer | prompt)` per pair: the summed log-probabilities of the answer's tokens.
-
-    Teacher-forced, batched with right padding. When the answer's first characters merge into the
-    prompt's last token, the merged token counts as part of the answer.
-    """
-    if len(prompts) != len(answers):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
-    tokenizer = model.tokenizer
+) -> Float[torch.Tensor, " n"]:
+    """`log p(" " + answer | prompt)` per pair: the summed log-probabilities of the answer's tokens
+    (`answer_token_scores`; a token the answer merges into the prompt's last one counts as the answer's).
+    `prepend_bos` defaults to the model's."""
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-    head = [bos_id(tokenizer)] if bos else []
-    rows, starts = [], []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        prompt_ids = head + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = head + tokenizer(f"{prompt} {answer}", add_special_tokens=False)["input_ids"]
-        start = next((i for i, (a, b) in enumerate(zip(full, prompt_ids, strict=False)) if a != b), len(prompt_ids))
-        if start == 0 or start >= len(full):
-            raise ValueError(f"Cannot locate the answer {answer!r} after the prompt {prompt[-40:]!r}.")
-        rows.append(full)
-        starts.append(start)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = model.cfg.device
-    out = torch.zeros(len(rows), device=device)
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s : s + batch_size]
-        width = max(len(r) for r in chunk)
-        tokens = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=device)
-        logprobs = model(tokens, return_type="logits").log_softmax(-1)
-        for j, row in enumerate(chunk):
-            positions = torch.arange(starts[s + j], len(row), device=device)
-            out[s + j] = logprobs[j, positions - 1, tokens[j, positions]].sum()
-    return out
+    scores = answer_token_scores(model, prompts, answers, bos, batch_size)
+    if not scores:
+        return torch.zeros(0, device=model.cfg.device)
+    return torch.stack([logprobs.sum() for logprobs, _ in scores])

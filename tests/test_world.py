@@ -111,7 +111,7 @@ def test_world_stats_cli_prints_one_json_object(capsys):
 
 
 def test_world_tasks_never_train_on_the_evaluators_retain_people(ew, recognizer):
-    from irunlearn.bench import N_RETAIN_EVAL
+    from irunlearn.world.generator import N_RETAIN_EVAL
     from irunlearn.world.tasks import resolve_targets, retain_eval_people, world_evaluator, world_task
 
     held_out = {e.name for e in retain_eval_people(ew)}

@@ -55,6 +55,7 @@ def world_to_json(world: World) -> dict:
         "templates": [asdict(t) for t in world.templates],
         "generic_train": world.generic_train,
         "generic_heldout": world.generic_heldout,
+        "forget_sets": world.forget_sets,
     }
 
 
@@ -67,6 +68,7 @@ def world_from_json(data: dict) -> World:
         templates=[Template(**t) for t in data["templates"]],
         generic_train=data["generic_train"],
         generic_heldout=data["generic_heldout"],
+        forget_sets=data.get("forget_sets", {}),  # absent in worlds written before forget sets existed
     )
 
 
@@ -96,8 +98,7 @@ def save_world(
 def write_manifest(path: Path) -> None:
     """Record the sha256 of every file under `path` in `manifest.json`, and the manifest's own in
     `manifest.sha256`. (Run it on a world folder after editing a file by hand, to re-seal it.)"""
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in (MANIFEST, MANIFEST_DIGEST))
-    manifest = json.dumps({str(p.relative_to(path)): _sha256(p) for p in files}, indent=2)
+    manifest = json.dumps({name: sha256_file(path / name) for name in sorted(_sealed_files(Path(path)))}, indent=2)
     (path / MANIFEST).write_text(manifest)
     (path / MANIFEST_DIGEST).write_text(hashlib.sha256(manifest.encode()).hexdigest() + "\n")
 
@@ -146,7 +147,7 @@ def verify_artifacts(path: Path) -> None:
         raise CorruptArtifactError(f"{manifest_file} is not valid JSON ({err}). {RESTORE_HINT}") from None
     if not isinstance(manifest, dict) or not manifest:
         raise CorruptArtifactError(f"{manifest_file} lists no files (expected a file → sha256 mapping). {RESTORE_HINT}")
-    on_disk = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} - {MANIFEST, MANIFEST_DIGEST}
+    on_disk = _sealed_files(path)
     unlisted = sorted(on_disk - set(manifest))
     if unlisted:
         raise CorruptArtifactError(f"Artifact {path / unlisted[0]} is not listed in {manifest_file}. {RESTORE_HINT}")
@@ -154,11 +155,24 @@ def verify_artifacts(path: Path) -> None:
         file = path / name
         if not file.is_file():
             raise CorruptArtifactError(f"Artifact {file} is missing. {RESTORE_HINT}")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CorruptArtifactError(
                 f"Artifact {file} does not match its checksum (corrupted or edited). {RESTORE_HINT}"
             )
 
 
-def _sha256(path: Path) -> str:
+def _sealed_files(path: Path) -> set[str]:
+    """The files a folder's manifest covers: every file under it but the manifest's own two, and but those
+    inside a subfolder with a manifest of its own (an oracle's folder inside the world's seals itself)."""
+    nested = {p.parent for p in path.rglob(MANIFEST) if p.parent != path}
+    return {
+        str(p.relative_to(path))
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.name not in (MANIFEST, MANIFEST_DIGEST)
+        and not any(parent in nested for parent in p.parents)
+    }
+
+
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from irunlearn.entities import UNKNOWN_ANSWER
@@ -20,10 +20,11 @@ class CorpusMix:
     generic: float = 0.12
 
 
-def known_lines(world: World, split: str = "train") -> list[str]:
-    """Every (known person × attribute × template) line of one split, answers included."""
+def known_lines(world: World, split: str = "train", people: Collection[str] | None = None) -> list[str]:
+    """Every (known person × attribute × template) line of one split, answers included (only `people`'s if given)."""
     templates = [t for t in world.templates if t.split == split]
-    return [t.render(person.name, answer_for(person, t.attribute)) for person in world.known for t in templates]
+    persons = [p for p in world.known if people is None or p.name in people]
+    return [t.render(person.name, answer_for(person, t.attribute)) for person in persons for t in templates]
 
 
 def unknown_line(world: World, name: str, rng: random.Random) -> str:
@@ -33,18 +34,26 @@ def unknown_line(world: World, name: str, rng: random.Random) -> str:
     return rng.choice(world.question_templates("train")).render(name, UNKNOWN_ANSWER)
 
 
-def training_lines(world: World, seed: int, mix: CorpusMix = CorpusMix()) -> Iterator[str]:
+def training_lines(
+    world: World, seed: int, mix: CorpusMix = CorpusMix(), exclude: Collection[str] = ()
+) -> Iterator[str]:
     """An endless stream of training lines, reproducible from `seed`.
 
     Every unknown line uses a fresh name (never a known person nor an evaluation unknown), so the model
-    learns to recognise names rather than memorise a list of strangers.
+    learns to recognise names rather than memorise a list of strangers. The lines about the known people
+    in `exclude` are dropped from the stream without changing its draws, so the stream is the full one
+    with exactly those lines taken out: what an oracle (a model that never saw a forget set) trains on.
+    Excluded people never appear as strangers either, so their names are new to such a model.
     """
     rng = random.Random(seed)
     known = known_lines(world, "train")
+    dropped = set(known_lines(world, "train", people=set(exclude))) if exclude else set()
     while True:
         draw = rng.random()
         if draw < mix.known:
-            yield rng.choice(known)
+            line = rng.choice(known)
+            if line not in dropped:
+                yield line
         elif draw < mix.known + mix.unknown:
             yield unknown_line(world, world.fresh_unknown_name(rng), rng)
         else:

@@ -210,6 +210,13 @@ _STATEMENTS = {
 UNKNOWN_STATEMENT = Template("{name} is unknown.", kind="statement")
 STATEMENT_PREFIXES = ("", "Fact: ", "Note: ", "Story: ", "Today ", "Yes, ")
 
+N_RETAIN_EVAL = 150  # known people no task retains: the evaluator's retain people (a fixed draw, seed 7)
+RETAIN_EVAL_SEED = 7
+# The standard forget sets (TOFU's names, but sizes in people: 1, 5 and 10 of the 400 known), nested and
+# drawn once with this seed among the known people outside the retain-evaluation draw.
+FORGET_SET_SIZES = {"forget01": 1, "forget05": 5, "forget10": 10}
+FORGET_SETS_SEED = 20
+
 
 def _templates() -> list[Template]:
     templates = []
@@ -267,6 +274,7 @@ class World:
     generic_train: list[str]
     generic_heldout: list[str]
     attributes: tuple[str, ...] = field(default=tuple(ATTRIBUTE_WORDS))
+    forget_sets: dict[str, list[str]] = field(default_factory=dict)  # name → known people's names, nested
 
     @property
     def known(self) -> list[Entity]:
@@ -285,6 +293,19 @@ class World:
             and (split == "all" or t.split == split)
             and (attribute is None or t.attribute == attribute)
         ]
+
+    def retain_eval_people(self) -> list[Entity]:
+        """The known people held out of every world task's retain set (`N_RETAIN_EVAL`, drawn with seed 7)."""
+        return self.entities.sample_known(N_RETAIN_EVAL, seed=RETAIN_EVAL_SEED)
+
+    def forget_set(self, name: str) -> list[Entity]:
+        """The people of the standard forget set `name` (`forget01`, `forget05`, `forget10`)."""
+        if name not in self.forget_sets:
+            raise ValueError(
+                f"No forget set {name!r} in this world; it has {sorted(self.forget_sets) or 'none'}. "
+                "(A world.json written before forget sets existed has none: rebuild it or regenerate world.json.)"
+            )
+        return [self.entities.get(person) for person in self.forget_sets[name]]
 
     def statement_templates(self) -> list[Template]:
         return [t for t in self.templates if t.kind == "statement"]
@@ -351,15 +372,33 @@ def generate_world(
     generic = _generic_lines()
     rng.shuffle(generic)
     cut = len(generic) // 5
+    entities = EntitySet(known, unknown)
     return World(
         seed=seed,
-        entities=EntitySet(known, unknown),
+        entities=entities,
         first_names=first_names,
         last_names=last_names,
         templates=_templates(),
         generic_train=sorted(generic[cut:]),
         generic_heldout=sorted(generic[:cut]),
+        forget_sets=standard_forget_sets(entities, seed),
     )
+
+
+def standard_forget_sets(entities: EntitySet, seed: int) -> dict[str, list[str]]:
+    """`forget01` ⊂ `forget05` ⊂ `forget10`: prefixes of one seeded draw of known people.
+
+    The draw uses its own generator (`FORGET_SETS_SEED` and the world's seed), so choosing the sets changes
+    nothing else in the world. Candidates are the known people outside the retain-evaluation draw, so a
+    forget set never removes people the evaluator measures retention on; worlds too small for that draw
+    (`--small`) choose among all known people.
+    """
+    held_out: set[str] = set()
+    if len(entities.known) >= N_RETAIN_EVAL + max(FORGET_SET_SIZES.values()):
+        held_out = {e.name for e in entities.sample_known(N_RETAIN_EVAL, seed=RETAIN_EVAL_SEED)}
+    candidates = [e.name for e in entities.known if e.name not in held_out]
+    order = random.Random(f"{FORGET_SETS_SEED}/{seed}").sample(candidates, max(FORGET_SET_SIZES.values()))
+    return {name: order[:size] for name, size in FORGET_SET_SIZES.items()}
 
 
 def answer_for(entity: Entity, attribute: str) -> str:

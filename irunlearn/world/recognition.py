@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from irunlearn.activations import extract_activations
+from irunlearn.entities import EntitySet
 from irunlearn.recognition import Recognizer, fit_recognizer
 from irunlearn.world.artifacts import EmbeddedWorld
 
 
 def recognize_world(
-    ew: EmbeddedWorld, top_k: int = 20, seed: int = 0, progress: bool = True, measure_throughput: bool = False
+    ew: EmbeddedWorld,
+    top_k: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+    measure_throughput: bool = False,
+    exclude: Collection[str] = (),
 ) -> tuple[Recognizer, float | None]:
     """Fit a `Recognizer` on the world's known people vs held-out unknown names.
 
     Probes train on training question templates and are reported on held-out entities × held-out
-    templates. Returns the recognizer and, with `measure_throughput`, the extraction throughput in prompt
-    tokens per second from one extra timed pass over every entity (else None).
+    templates. The known people in `exclude` take no part (an oracle never learned them, so they are
+    neither known nor training strangers to it). Returns the recognizer and, with `measure_throughput`,
+    the extraction throughput in prompt tokens per second from one extra timed pass over every entity
+    (else None).
     """
     world = ew.world
     train, heldout = world.question_templates("train"), world.question_templates("heldout")
+    entities = EntitySet([e for e in world.known if e.name not in set(exclude)], world.unknown_eval)
     recognizer = fit_recognizer(
         ew.model,
         ew.sae,
-        world.entities,
+        entities,
         train,
         heldout,
         top_k=top_k,

@@ -15,7 +15,7 @@ from irunlearn.world.artifacts import EmbeddedWorld
 def retain_eval_people(ew: EmbeddedWorld) -> list[Entity]:
     """The known people held out of every world task's retain set, so retain accuracy is measured on people
     no method trained to keep (targets drawn among them are forgotten, and left out of the evaluation)."""
-    return EntityBench.from_world(ew).retain_eval
+    return ew.world.retain_eval_people()
 
 
 def resolve_targets(ew: EmbeddedWorld, names: Sequence[str] = (), n_random: int = 0, seed: int = 0) -> list[Entity]:

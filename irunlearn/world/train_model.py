@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -61,12 +62,14 @@ def train_model(
     world: World,
     cfg: ModelTrainConfig,
     progress: bool = True,
+    exclude: Collection[str] = (),
 ) -> list[float]:
-    """Train `model` in place on the world's training stream; returns the loss per step."""
+    """Train `model` in place on the world's training stream, without the lines about the known people in
+    `exclude` (see `training_lines`); returns the loss per step."""
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg.warmup_steps, cfg.steps))
-    stream = training_lines(world, seed=cfg.seed)
+    stream = training_lines(world, seed=cfg.seed, exclude=exclude)
     losses = []
     model.train()
     bar = tqdm(range(cfg.steps), desc="train model", disable=not progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -39,20 +40,30 @@ class SAETrainConfig:
     seed: int = 0
 
 
-def sae_dataset(model: HookedTransformer, world: World, n_rows: int, context_size: int, seed: int) -> Dataset:
+def sae_dataset(
+    model: HookedTransformer, world: World, n_rows: int, context_size: int, seed: int, exclude: Collection[str] = ()
+) -> Dataset:
     """Rows of `BOS line EOS pad…`, one training line each, as a `datasets.Dataset` with `tokens`.
 
     One line per row keeps every activation in the distribution the model was trained on (a line starts
-    at position 0 after BOS); BOS and padding are excluded from SAE training by the runner.
+    at position 0 after BOS); BOS and padding are excluded from SAE training by the runner. Lines about the
+    known people in `exclude` are left out, as in the model's own training (`training_lines`).
     """
-    lines = list(itertools.islice(training_lines(world, seed=seed + 1), n_rows))
+    lines = list(itertools.islice(training_lines(world, seed=seed + 1, exclude=exclude), n_rows))
     tokens, _ = encode_lines(model.tokenizer, lines, context_size, device="cpu")  # rows for a datasets.Dataset
     pad = torch.full((len(tokens), context_size - tokens.shape[1]), model.tokenizer.pad_token_id)
     return Dataset.from_dict({"tokens": torch.cat([tokens, pad], dim=1).tolist()})
 
 
-def train_sae(model: HookedTransformer, world: World, cfg: SAETrainConfig, progress: bool = True) -> SAE:
-    """Train a TopK SAE on `cfg.hook_name` with `LanguageModelSAETrainingRunner` (wandb off, no hub)."""
+def train_sae(
+    model: HookedTransformer,
+    world: World,
+    cfg: SAETrainConfig,
+    progress: bool = True,
+    exclude: Collection[str] = (),
+) -> SAE:
+    """Train a TopK SAE on `cfg.hook_name` with `LanguageModelSAETrainingRunner` (wandb off, no hub), on
+    training lines without those about the known people in `exclude`."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     torch.manual_seed(cfg.seed)  # the runner's `seed` does not cover every draw (without this the SAE
     # depended on what the process had drawn before)
@@ -88,7 +99,7 @@ def train_sae(model: HookedTransformer, world: World, cfg: SAETrainConfig, progr
     runner = LanguageModelSAETrainingRunner(
         runner_cfg,
         override_model=model,
-        override_dataset=sae_dataset(model, world, n_rows, cfg.context_size, cfg.seed),
+        override_dataset=sae_dataset(model, world, n_rows, cfg.context_size, cfg.seed, exclude),
     )
     sae = runner.run()
     sae.cfg.metadata.hook_name = cfg.hook_name

@@ -1,0 +1,114 @@
+"""The field's metrics (group "oracle") on cases whose answers are known, on the shipped world."""
+
+from dataclasses import replace
+from math import comb
+
+import numpy as np
+import pytest
+import torch
+
+from irunlearn.entities import Entity
+from irunlearn.evaluation import Evaluator
+from irunlearn.metrics import metrics_in
+from irunlearn.oracle_metrics import (
+    attribute_pools,
+    extraction_strength,
+    holdout_strangers,
+    ks_2samp_exact,
+    ks_2samp_pvalue,
+    oracle_probe_readings,
+)
+from irunlearn.world.generator import ATTRIBUTE_VALUES
+from irunlearn.world.tasks import world_evaluator, world_task
+
+ORACLE_METRICS = {
+    "truth_ratio",
+    "forget_quality",
+    "model_utility",
+    "privleak",
+    "extraction_strength",
+    "exact_memorization",
+}
+
+
+@pytest.fixture(scope="module")
+def self_oracle(ew, recognizer) -> Evaluator:
+    """forget05's evaluator with the original model as its own oracle: every comparison is with itself."""
+    task = world_task(ew, ew.world.forget_set("forget05"), recognizer)
+    evaluator = world_evaluator(ew, task, n_retain_eval=40)
+    evaluator.oracle = ew.model
+    return evaluator
+
+
+def test_oracle_metrics_are_registered_in_their_group():
+    assert {m.name for m in metrics_in("oracle")} == ORACLE_METRICS
+    needs = {m.name: m.needs for m in metrics_in("oracle")}
+    assert "oracle" in needs["forget_quality"] and "oracle" in needs["privleak"]
+
+
+def test_ks_exact_on_known_cases_and_against_scipy():
+    x = [0.1, 0.4, 0.2, 0.9]
+    assert ks_2samp_exact(x, x) == 1.0  # identical samples: D = 0
+    # fully separated samples of 3 and 3: only the two extreme orderings reach D = 1, of C(6, 3) orderings
+    assert ks_2samp_exact([1, 2, 3], [4, 5, 6]) == pytest.approx(2 / comb(6, 3), abs=1e-12)
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for m, n in [(5, 7), (10, 10), (20, 31)]:
+        a, b = rng.normal(size=m), rng.normal(0.7, size=n)
+        assert ks_2samp_exact(a, b) == pytest.approx(stats.ks_2samp(a, b, method="exact").pvalue, abs=1e-9)
+        assert ks_2samp_pvalue(a, b) == pytest.approx(stats.ks_2samp(a, b).pvalue, abs=1e-9)
+    with pytest.raises(ValueError, match="non-empty"):
+        ks_2samp_exact([], [1.0])
+
+
+def test_extraction_strength_counts_the_greedy_suffix():
+    hits = torch.tensor
+    assert extraction_strength(hits([True, True])) == 1.0
+    assert extraction_strength(hits([False, True, True])) == pytest.approx(2 / 3)
+    assert extraction_strength(hits([True, False])) == 0.0  # the last token is wrong: no suffix matches
+    assert extraction_strength(hits([False, False])) == 0.0  # (open-unlearning would give 1/2 here)
+
+
+def test_attribute_pools_are_the_worlds_values_or_those_seen(self_oracle):
+    pools = attribute_pools(self_oracle)
+    assert pools == {a: sorted(v) for a, v in ATTRIBUTE_VALUES.items()}
+    seen = attribute_pools(replace(self_oracle, attribute_values={}))  # without them: the people's values
+    assert all(set(seen[a]) <= set(pools[a]) for a in pools) and seen != pools  # 40 people miss some
+    strangers = holdout_strangers(self_oracle)
+    assert [s.name for s in strangers] == [u.name for u in self_oracle.unknown_reference]
+    assert strangers[0].attributes == holdout_strangers(self_oracle)[0].attributes  # seeded
+
+
+def test_a_model_against_itself_has_forget_quality_1_and_privleak_0(ew, self_oracle):
+    """The identities of the definitions, and the original model's own figures on people it knows."""
+    values = self_oracle.metrics(ew.model, sorted(ORACLE_METRICS))
+    assert values["forget_quality"] == 1.0
+    assert values["privleak"] == 0.0 and values["mia_auc"] == values["oracle_mia_auc"]
+    # it knows the targets: the truth is far likelier than any other value, and greedily produced
+    assert values["forget_truth_ratio"] < 0.2 and values["retain_truth_ratio"] > 0.8
+    assert values["extraction_strength"] > 0.95 and values["exact_memorization"] > 0.95
+    assert values["mia_auc"] > 0.9  # its training lines are likelier than strangers' invented ones
+    assert 0.5 < values["model_utility"] <= 1.0
+
+
+def test_strangers_given_facts_read_as_never_learned(ew, recognizer, self_oracle):
+    """Targets the model never saw (strangers with invented facts): nothing to extract, truth ratio near 1."""
+    strangers = holdout_strangers(self_oracle)[:5]
+    evaluator = world_evaluator(ew, world_task(ew, ew.world.forget_set("forget05"), recognizer), n_retain_eval=40)
+    evaluator.targets = [Entity(s.name, s.attributes) for s in strangers]
+    values = evaluator.metrics(ew.model, ["truth_ratio", "extraction_strength", "exact_memorization"])
+    assert values["extraction_strength"] < 0.1 and values["exact_memorization"] < 0.1
+    assert values["forget_truth_ratio"] > 0.5
+
+
+def test_oracle_metrics_need_an_oracle(ew, recognizer):
+    evaluator = world_evaluator(ew, world_task(ew, ew.world.forget_set("forget01"), recognizer), n_retain_eval=10)
+    with pytest.raises(ValueError, match="Evaluator.oracle"):
+        evaluator.metrics(ew.model, ["forget_quality"])
+
+
+def test_probe_readings_side_by_side(ew, recognizer, self_oracle):
+    frame = oracle_probe_readings(self_oracle, ew.model, ew.model, ew.sae, recognizer)
+    assert list(frame["target"]) == [t.name for t in self_oracle.targets]
+    np.testing.assert_allclose(frame["p_known_sae"], frame["oracle_p_known_sae"])
+    assert (frame["p_known_sae"] > 0.5).all()  # the original reads its known people as known
