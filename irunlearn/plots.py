@@ -794,7 +794,7 @@ def method_comparison(table: pd.DataFrame, title: str = "Methods compared") -> g
                     row=r,
                     col=c,
                     annotation_text=f"strangers relearn {reference:.2f}",
-                    annotation_position="top left",
+                    annotation_position="top right",
                 )
             fig.update_xaxes(
                 title_text="indistinguishability ↑ (● SAE, ○ residual probe)", range=[-0.05, 1.1], row=r, col=c

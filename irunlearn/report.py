@@ -113,6 +113,7 @@ table.headline { margin: 0.3em 0; } table.headline th { cursor: help; }
 div.scroll { overflow: auto; max-height: 28em; border: 1px solid #ddd; }
 table.sortable th { cursor: pointer; position: sticky; top: 0; }
 table.glossary td, table.provenance td { white-space: normal; text-align: left; vertical-align: top; }
+table.glossary td:nth-child(2) { white-space: nowrap; }
 table.provenance td code { word-break: break-all; font-size: 12px; }
 """
 SORT_SCRIPT = """
