@@ -1,33 +1,56 @@
-"""The report of a forgetting run: its standard figures and metrics table in one self-contained HTML file.
+"""The report of a forgetting run: figures with a paragraph each, the metrics, a glossary and provenance.
 
-`write_report` writes any figures and table as `index.html` with plotly.js inlined once, so the file opens
-offline, from a mail attachment or a CI artifact. `forgetting_figures` builds the standard set for one or
-more `UnlearnResult`s of the same targets, and `forgetting_report` does both (what `irunlearn report` runs).
+`write_report` writes sections (a figure and the paragraph under it) and the metrics as one self-contained
+`index.html`, plotly.js inlined once, so the file opens offline, from a mail attachment or a CI artifact.
+The page opens on a compact headline table (one row per method, each heading marked ↑ / ↓ / → for which
+direction is good) that fits a 1,400-px screen; the full table follows in a scrollable, sortable block,
+then a glossary (every column in one line: definition, direction, what a genuine forget looks like, built
+from the metric registry) and the provenance (version, commit, seeds, hook, configs, weight hashes).
+`forgetting_sections` builds the standard sections for `UnlearnResult`s of the same targets, each paragraph
+generated from the numbers it shows; `forgetting_report` does both (what `irunlearn report` runs);
+`evaluate_runs` evaluates the runs with a progress bar per phase; `screenshot` renders the first screen.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
 import random
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from jaxtyping import Float
 from sae_lens import SAE
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from irunlearn import __version__
 from irunlearn.activations import encode_latents, extract_activations
-from irunlearn.entities import Entity, EntitySet
+from irunlearn.edits import weights_hash
+from irunlearn.entities import EntitySet
+from irunlearn.evaluation import Evaluator
 from irunlearn.io import atomic_dir
 from irunlearn.methods.base import UnlearnResult
+from irunlearn.metrics import metric_table, metrics_in
 from irunlearn.plots import (
+    PROBE_COLUMNS,
+    axis_position,
     feature_shift,
+    genuineness_at_a_glance,
     latent_map,
+    loss_series,
+    method_color,
     method_comparison,
     optimisation_history,
     probe_distributions,
@@ -36,49 +59,302 @@ from irunlearn.plots import (
 from irunlearn.prompts import Template
 from irunlearn.recognition import Recognizer
 
+# The evaluator's own columns and the run's: (definition, direction, what a genuine forget looks like).
+# Direction: "↑" higher is better, "↓" lower is better, "→" closest to the stated reference, "" not a score.
+CORE_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "method": ("the unlearning method", "", ""),
+    "targets": ("the people forgotten together", "", ""),
+    "stop_reason": ("why the run stopped (flipped, suppressed, max_steps, ...)", "", "flipped or suppressed"),
+    "steps": ("optimiser updates applied", "↓", "few"),
+    "seconds": ("wall time of the run, setup included", "↓", "short"),
+    "forget_acc": ("targets' facts still answered exactly (training phrasings)", "↓", "0"),
+    "paraphrase_forget_acc": ("the same with held-out phrasings no method trains on", "↓", "0, like forget_acc"),
+    "idk_rate": ("targets' questions answered as a stranger's are ('unknown')", "↑", "≈ 1, like a stranger"),
+    "retain_acc": ("other people's facts kept, ÷ the original model's (people no method trains on)", "↑", "≈ 1"),
+    "probe_p_known_sae": (
+        "SAE-latent probe's p(known) on the targets, mean over phrasings",
+        "↓",
+        "< 0.5, as strangers",
+    ),
+    "probe_p_known_resid": ("residual-stream probe's p(known); no method optimises it", "↓", "< 0.5, as strangers"),
+    "dist_to_unknown": ("squared distance of the targets' latents to μ_U, ÷ ‖μ_U − μ_K‖²", "↓", "small"),
+    "dist_to_known": ("squared distance of the targets' latents to μ_K, ÷ ‖μ_U − μ_K‖²", "↑", "large"),
+    "dist_ratio": ("dist_to_unknown ÷ dist_to_known", "↓", "< 1: nearer the strangers' centroid"),
+    "ppl_ratio": ("perplexity on held-out generic text, after ÷ before", "→", "≈ 1"),
+}
+# Registered metrics declare the direction of their main column only; these are their other columns'.
+SECONDARY_DIRECTIONS = {"indistinguishability_resid": "↑", "distinct2": "↑", "repetition_rate": "↓"}
+DIRECTION_WORDS = {"↑": "higher is better", "↓": "lower is better", "→": "closest to its reference is best", "": ""}
+# The headline table: heading, column, and how to show it. One row per run; fits a 1,400-px screen.
+HEADLINE = (
+    ("forget", "forget_acc"),
+    ("idk", "idk_rate"),
+    ("retain", "retain_acc"),
+    ("p_known SAE", "probe_p_known_sae"),
+    ("p_known resid", "probe_p_known_resid"),
+    ("indist. SAE", "indistinguishability"),
+    ("indist. resid", "indistinguishability_resid"),
+    ("relearn (strangers)", "relearn_acc"),
+    ("ppl ratio", "ppl_ratio"),
+    ("steps", "steps"),
+    ("seconds", "seconds"),
+)
+
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
-nav ul { columns: 2; } section { margin: 2.5em 0; border-top: 1px solid #ddd; }
-table.metrics { border-collapse: collapse; font-size: 0.9em; display: block; overflow-x: auto; }
-table.metrics th, table.metrics td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
-table.metrics th { background: #f4f4f4; }
+body { font-family: system-ui, sans-serif; margin: 1.2em auto; max-width: 1320px; padding: 0 1em; color: #222; }
+h1 { margin: 0 0 0.2em; font-size: 1.6em; } .meta { color: #555; margin: 0 0 0.8em; }
+h2 { margin: 0.4em 0 0.3em; } p.note, p.caption { max-width: 70em; line-height: 1.4; }
+p.caption { background: #f6f8fa; border-left: 4px solid #1f77b4; padding: 0.5em 0.8em; }
+nav ul { columns: 3; margin: 0.4em 0; } section { margin: 1.8em 0; border-top: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 14px; }
+th, td { padding: 0.25em 0.55em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+th { background: #f1f1f1; } td.text, th.text { text-align: left; }
+table.headline { margin: 0.3em 0; } table.headline th { cursor: help; }
+div.scroll { overflow: auto; max-height: 28em; border: 1px solid #ddd; }
+table.sortable th { cursor: pointer; position: sticky; top: 0; }
+table.glossary td, table.provenance td { white-space: normal; text-align: left; vertical-align: top; }
+table.glossary td:nth-child(2) { white-space: nowrap; }
+table.provenance td code { word-break: break-all; font-size: 12px; }
 """
+SORT_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(table => table.querySelectorAll("th").forEach((th, col) => {
+  th.addEventListener("click", () => {
+    const up = th.dataset.order !== "asc"; th.dataset.order = up ? "asc" : "desc";
+    const key = row => { const v = row.cells[col].dataset.value; const n = parseFloat(v); return isNaN(n) ? v : n; };
+    const rows = [...table.tBodies[0].rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0));
+    (up ? rows : rows.reverse()).forEach(row => table.tBodies[0].appendChild(row));
+  });
+}));
+"""
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # root in containers; the page is our own local file
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=10000",
+)
+
+
+@dataclass
+class Section:
+    """One section of the report: a figure and the paragraph under it (generated from the numbers shown)."""
+
+    figure: go.Figure
+    caption: str = ""
+
+
+# Formatting ---------------------------------------------------------------------------------------
+
+
+def format_value(value: object) -> str:
+    """A number at 3 significant digits (below 0.001 shown as "<0.001"), "–" for missing; text unchanged."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "–" if value is None else str(value)
+    if math.isnan(value):
+        return "–"
+    if value != 0 and abs(value) < 1e-3:
+        return "<0.001" if value > 0 else "<0"
+    if float(value).is_integer() and abs(value) >= 1:
+        return str(int(value))
+    return f"{value:.3g}"
+
+
+def column_direction(column: str) -> str:
+    """The column's direction mark: "↑", "↓", "→" (closest to a reference) or "" (not a score)."""
+    if column in CORE_COLUMNS:
+        return CORE_COLUMNS[column][1]
+    if column in SECONDARY_DIRECTIONS:
+        return SECONDARY_DIRECTIONS[column]
+    for row in metric_table().to_dict("records"):
+        columns = [c.strip() for c in str(row["columns"]).split(",")]
+        if column in (row["metric"], columns[0]):  # the main column: the metric's name, else its first
+            better = row["higher_is_better"]
+            return "→" if better is None or pd.isna(better) else "↑" if better else "↓"
+    return ""
+
+
+def glossary(columns: Sequence[str]) -> pd.DataFrame:
+    """One row per column: its one-line meaning, direction and what a genuine forget looks like.
+
+    The evaluator's and the run's columns come from `CORE_COLUMNS`; a registered metric's columns from
+    `metric_table()` (its description, and its direction for the main column). A column neither knows is
+    still listed, as not described, so nothing in the table goes unexplained silently.
+    """
+    registered = {
+        column.strip(): row
+        for row in metric_table().to_dict("records")
+        for column in str(row["columns"]).split(",")
+        if column.strip()
+    }
+    rows = []
+    for column in columns:
+        direction = column_direction(column)
+        if column in CORE_COLUMNS:
+            meaning, _, genuine = CORE_COLUMNS[column]
+            source = "evaluator" if column not in ("method", "targets", "stop_reason", "steps", "seconds") else "run"
+        elif column in registered:
+            metric = registered[column]
+            meaning = " ".join(str(metric["description"]).split())
+            genuine = {"↑": "high", "↓": "low", "→": "at its reference (see meaning)"}.get(direction, "")
+            source = f"metric {metric['metric']!r}"
+        else:
+            meaning, genuine, source = "not described: neither an evaluator column nor a registered metric", "", "?"
+        rows.append(
+            {
+                "column": column,
+                "direction": f"{direction} {DIRECTION_WORDS[direction]}".strip(),
+                "meaning": meaning,
+                "genuine forget": genuine,
+                "source": source,
+            }
+        )
+    return pd.DataFrame(rows, columns=["column", "direction", "meaning", "genuine forget", "source"])
+
+
+def _cell(value: object, text_class: bool = False) -> str:
+    raw = "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    cls = ' class="text"' if text_class else ""
+    return f'<td{cls} data-value="{html.escape(str(raw))}">{html.escape(format_value(value))}</td>'
+
+
+def headline_html(metrics: pd.DataFrame) -> str:
+    """The compact headline table: one row per run, the columns a researcher reads first, marked ↑/↓/→.
+
+    Relearning shows `relearn_acc` with the strangers' reference (`relearn_acc_unknown_ref`) in brackets.
+    Columns the table lacks are left out; each heading's tooltip is its glossary line.
+    """
+    present = [(heading, column) for heading, column in HEADLINE if column in metrics]
+    described = glossary([c for _, c in present]).set_index("column")
+    heads = ['<th class="text">method</th>']
+    for heading, column in present:
+        mark = column_direction(column)
+        tip = f"{column}: {described.loc[column, 'meaning']} ({described.loc[column, 'direction']})"
+        heads.append(f'<th title="{html.escape(tip)}">{html.escape(heading)} {mark}</th>')
+    body = []
+    for _, row in metrics.iterrows():
+        cells = [f'<td class="text">{html.escape(str(row.get("method", "")))}</td>']
+        for _, column in present:
+            text = format_value(row[column])
+            if column == "relearn_acc" and "relearn_acc_unknown_ref" in metrics:
+                text += f" ({format_value(row['relearn_acc_unknown_ref'])})"
+            cells.append(f"<td>{html.escape(text)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        f'<table class="headline" id="headline"><thead><tr>{"".join(heads)}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def full_table_html(metrics: pd.DataFrame) -> str:
+    """Every column, one row per run, in a scrollable block; click a heading to sort by it."""
+    heads = "".join(
+        f'<th class="text">{html.escape(c)}</th>'
+        if metrics[c].dtype == object
+        else f"<th>{html.escape(c)} {column_direction(c)}</th>"
+        for c in metrics.columns
+    )
+    rows = "".join(
+        "<tr>" + "".join(_cell(row[c], metrics[c].dtype == object) for c in metrics.columns) + "</tr>"
+        for _, row in metrics.iterrows()
+    )
+    return (
+        f'<div class="scroll"><table class="sortable metrics" id="full-table"><thead><tr>{heads}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
+def _definition_table(frame: pd.DataFrame, css: str, element_id: str) -> str:
+    heads = "".join(f'<th class="text">{html.escape(str(c))}</th>' for c in frame.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in frame.itertuples(False)
+    )
+    return f'<table class="{css}" id="{element_id}"><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _provenance_html(provenance: Mapping[str, object]) -> str:
+    rows = "".join(
+        f'<tr><td class="text">{html.escape(str(key))}</td><td><code>{html.escape(str(value))}</code></td></tr>'
+        for key, value in provenance.items()
+    )
+    return f'<table class="provenance" id="provenance"><tbody>{rows}</tbody></table>'
+
+
+# The page -----------------------------------------------------------------------------------------
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
 
 
-def report_html(figures: Mapping[str, go.Figure], metrics: pd.DataFrame | None, title: str) -> str:
-    """The report page as a string: title, metrics table, a contents list, then one section per figure.
+def report_html(
+    figures: Mapping[str, go.Figure | Section],
+    metrics: pd.DataFrame | None,
+    title: str,
+    provenance: Mapping[str, object] | None = None,
+) -> str:
+    """The report page as a string: title, headline table, contents, one section per figure (with its
+    paragraph), the full sortable table, the glossary, and the provenance block.
 
     plotly.js is inlined with the first figure only (the later ones reuse it); figure `i` gets the div id
-    `fig-<i>-<slug of its key>`, so a browser test can find each graph.
+    `fig-<i>-<slug of its key>`, so a browser test can find each graph. The headline table has id
+    `headline`, the full table `full-table`, the glossary `glossary`, the provenance `provenance`.
     """
     sections, contents = [], []
-    for i, (name, fig) in enumerate(figures.items()):
+    for i, (name, item) in enumerate(figures.items()):
+        section = item if isinstance(item, Section) else Section(item)
         div_id = f"fig-{i}-{_slug(name)}"
-        body = fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=div_id, config={"responsive": True})
-        sections.append(f'<section id="s-{div_id}"><h2>{html.escape(name)}</h2>\n{body}\n</section>')
+        body = section.figure.to_html(
+            full_html=False, include_plotlyjs=i == 0, div_id=div_id, config={"responsive": True}
+        )
+        caption = f'<p class="caption">{html.escape(section.caption)}</p>' if section.caption else ""
+        sections.append(f'<section id="s-{div_id}"><h2>{html.escape(name)}</h2>\n{body}\n{caption}\n</section>')
         contents.append(f'<li><a href="#s-{div_id}">{html.escape(name)}</a></li>')
-    table = (
-        metrics.to_html(index=False, classes="metrics", border=0, na_rep="–", float_format=lambda x: f"{x:.3f}")
-        if metrics is not None and not metrics.empty
-        else "<p>No metrics.</p>"
-    )
+    has_metrics = metrics is not None and not metrics.empty
+    if has_metrics:
+        contents += [
+            '<li><a href="#s-table">All metrics (sortable)</a></li>',
+            '<li><a href="#s-glossary">Glossary</a></li>',
+        ]
+    if provenance:
+        contents.append('<li><a href="#s-provenance">Provenance</a></li>')
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">irunlearn {__version__} · {stamp} · figures: {len(figures)}</p>',
+    ]
+    if has_metrics:
+        head += [
+            headline_html(metrics),
+            '<p class="note">↑ higher is better · ↓ lower is better · → closest to its reference is best '
+            "(relearning: the strangers' level, in brackets; perplexity ratio: 1). Hover a heading for its "
+            'definition; every column is defined in the <a href="#s-glossary">glossary</a>.</p>',
+        ]
+    else:
+        head.append("<p>No metrics.</p>")
+    tail = []
+    if has_metrics:
+        tail += [
+            f'<section id="s-table"><h2>All metrics</h2>{full_table_html(metrics)}</section>',
+            '<section id="s-glossary"><h2>Glossary</h2>'
+            f"{_definition_table(glossary(list(metrics.columns)), 'glossary', 'glossary')}</section>",
+        ]
+    if provenance:
+        tail.append(f'<section id="s-provenance"><h2>Provenance</h2>{_provenance_html(provenance)}</section>')
     return "\n".join(
         [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
-            f"<h1>{html.escape(title)}</h1>",
-            f'<p class="meta">irunlearn {__version__} · {stamp} · figures: {len(figures)}</p>',
-            "<h2>Metrics</h2>",
-            table,
+            *head,
             f"<nav><ul>{''.join(contents)}</ul></nav>",
             *sections,
+            *tail,
+            f"<script>{SORT_SCRIPT}</script>",
             "</body></html>",
         ]
     )
@@ -86,25 +362,30 @@ def report_html(figures: Mapping[str, go.Figure], metrics: pd.DataFrame | None, 
 
 def write_report(
     out_dir: str | Path,
-    figures: Mapping[str, go.Figure],
+    figures: Mapping[str, go.Figure | Section],
     metrics: pd.DataFrame | None = None,
     title: str = "irunlearn report",
     force: bool = False,
+    provenance: Mapping[str, object] | None = None,
 ) -> Path:
-    """Write `index.html` (figures + metrics table, plotly.js inlined: no network needed) into `out_dir`.
+    """Write `index.html` (sections + metrics, plotly.js inlined: no network needed) into `out_dir`.
 
-    The folder appears whole or not at all (`irunlearn.io.atomic_dir`); an existing non-empty `out_dir`
-    is replaced only with `force`. Returns the path of `index.html`.
+    `figures` maps each heading to a figure or a `Section` (figure + paragraph). The folder appears whole
+    or not at all (`irunlearn.io.atomic_dir`); an existing non-empty `out_dir` is replaced only with
+    `force`. Returns the path of `index.html`.
 
     >>> write_report("reports/run1", {"History": fig}, metrics_table(results, summaries), force=True)
     """
     if not figures:
         raise ValueError("No figures to report.")
-    page = report_html(figures, metrics, title)
+    page = report_html(figures, metrics, title, provenance)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=force) as tmp:
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return out_dir / "index.html"
+
+
+# Metrics and provenance ----------------------------------------------------------------------------
 
 
 def metrics_table(results: Sequence[UnlearnResult], summaries: Sequence[Mapping[str, float]]) -> pd.DataFrame:
@@ -129,26 +410,131 @@ def metrics_table(results: Sequence[UnlearnResult], summaries: Sequence[Mapping[
     )
 
 
-def forgetting_figures(
+def evaluate_runs(
+    evaluator: Evaluator, results: Sequence[UnlearnResult], genuineness: bool = True, progress: bool = True
+) -> pd.DataFrame:
+    """`metrics_table` of the runs, each evaluated by `evaluator` (with `genuineness`, every registered
+    genuineness metric too), with one progress bar over every (run, phase) so a long phase shows itself.
+
+    The same numbers as `Evaluator.evaluate(model, genuineness)`: the core metrics, then each genuineness
+    metric in registration order.
+    """
+    phases = ["core metrics"] + ([m.name for m in metrics_in("genuineness")] if genuineness else [])
+    bar = tqdm(total=len(results) * len(phases), desc="evaluating", disable=not progress, leave=True)
+    summaries = []
+    for result in results:
+        bar.set_postfix_str(f"{result.method}: core metrics")
+        summary, _ = evaluator.evaluate(result.model)
+        bar.update()
+        for phase in phases[1:]:
+            bar.set_postfix_str(f"{result.method}: {phase}")
+            summary |= evaluator.metrics(result.model, [phase])
+            bar.update()
+        summaries.append(summary)
+    bar.close()
+    return metrics_table(results, summaries)
+
+
+def git_commit(path: str | Path | None = None) -> str:
+    """The git commit of the checkout holding `path` (default: this package), "+dirty" when tracked files
+    changed, or a note when it is not a git checkout."""
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout, or no git)"
+    return commit + ("+dirty" if dirty else "")
+
+
+def run_provenance(
+    model: HookedTransformer,
+    sae: SAE,
+    recognizer: Recognizer,
+    results: Sequence[UnlearnResult],
+    seed: int,
+    extra: Mapping[str, object] | None = None,
+) -> dict[str, str]:
+    """What produced the report: package version and commit, model and SAE identity with weight hashes,
+    the hook, the recognizer's held-out figures, the seeds, and each run's full method config.
+
+    `extra` adds entries (e.g. the command line, the evaluator's seed, the world's path).
+    """
+    meta = sae.cfg.metadata
+    sae_identity = {
+        "architecture": sae.cfg.architecture(),
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "hook_name": meta.hook_name,
+        "release": getattr(meta, "release", None),
+        "sae_id": getattr(meta, "sae_id", None),
+        "sha256": weights_hash(sae),  # any module's state_dict hashes the same way
+    }
+    entries: dict[str, object] = {
+        "irunlearn version": __version__,
+        "git commit": git_commit(),
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "model": f"{model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})",
+        "model weights sha256 (original)": weights_hash(model),
+        "SAE": json.dumps({k: v for k, v in sae_identity.items() if v is not None}),
+        "hook": recognizer.hook_name,
+        "recognizer (held-out entities × phrasings)": json.dumps(
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in recognizer.metrics.items()}
+        ),
+        "targets": ", ".join(results[0].targets) if results else "",
+        "seeds": f"report sampling {seed}; runs " + ", ".join(f"{r.method} {r.config.seed}" for r in results),
+    }
+    entries |= {f"config: {r.method}": r.config_json() for r in results}
+    entries |= dict(extra or {})
+    return {key: str(value) for key, value in entries.items()}
+
+
+# Reading entities ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EntityReadings:
+    """What the standard figures draw, read once: per-entity mean latents and probe readings.
+
+    `probes` has one row per (entity, model): `model` ("original" or a method), `role` ("known",
+    "stranger", "target"), probe p_known and centroid distances (means over the templates). Strangers are
+    read by every edited model too, since indistinguishability compares targets and strangers under the
+    same model.
+    """
+
+    targets: list[str]
+    known_names: list[str]
+    unknown_names: list[str]
+    known_latents: Float[torch.Tensor, "n_known d_sae"]
+    unknown_latents: Float[torch.Tensor, "n_unknown d_sae"]
+    before: Float[torch.Tensor, "n_targets d_sae"]
+    after: dict[str, Float[torch.Tensor, "n_targets d_sae"]]
+    probes: pd.DataFrame
+
+
+def read_entities(
     model: HookedTransformer,
     sae: SAE,
     recognizer: Recognizer,
     results: Sequence[UnlearnResult],
     entities: EntitySet,
-    metrics: pd.DataFrame | None = None,
     templates: Sequence[Template] | None = None,
     n_cloud: int = 200,
-    max_targets: int = 3,
     seed: int = 0,
-) -> dict[str, go.Figure]:
-    """The standard figures of forgetting runs on the same targets, keyed by section heading.
+    progress: bool = False,
+) -> EntityReadings:
+    """Read `n_cloud` known people and strangers (targets excluded, drawn with `seed`) and the targets with
+    the original model, then the targets and the strangers with each run's model (one progress bar).
 
-    `model` is the original; `results` the runs (one per method). Figures: the recognizer's known- and
-    unknown-latents; probe p_known of known and unknown people (`n_cloud` of each, targets excluded) and
-    of the targets before and after each run; the latent map with one arrow per target and run; each
-    run's optimisation history; feature shifts of up to `max_targets` targets per run; and, given a
-    `metrics` table with a `method` column, the method comparison. Entity readings average over
-    `templates` (default: the recognizer's training templates).
+    Readings average over `templates` (default: the recognizer's training templates).
     """
     if not results:
         raise ValueError("No results: run at least one forgetting method first.")
@@ -161,49 +547,347 @@ def forgetting_figures(
     known = [e for e in entities.known if e.name not in target_names]
     known = rng.sample(known, min(n_cloud, len(known)))
     unknown = rng.sample(entities.unknown, min(n_cloud, len(entities.unknown)))
-
-    def read(edited: HookedTransformer, people: list[Entity], group: str) -> tuple[pd.DataFrame, torch.Tensor]:
-        """Probe readings per person and mean latents per person, from one activation pass."""
+    passes = [("original", "known", known, model), ("original", "stranger", unknown, model)]
+    passes.append(("original", "target", targets, model))
+    for r in results:
+        passes += [(r.method, "target", targets, r.model), (r.method, "stranger", unknown, r.model)]
+    frames, latents = [], {}
+    for label, role, people, edited in tqdm(passes, desc="reading entities", disable=not progress, leave=True):
         acts = extract_activations(
             edited, recognizer.hook_name, people, templates, prepend_bos=recognizer.prepend_bos, progress=False
         )
-        latents = encode_latents(sae, acts.resid)
-        readings = recognizer.describe(acts.resid, latents, acts.index["entity"]).assign(group=group)
-        return readings, latents.reshape(len(people), len(templates), -1).mean(1)
+        z = encode_latents(sae, acts.resid)
+        frames.append(recognizer.describe(acts.resid, z, acts.index["entity"]).assign(model=label, role=role))
+        latents[label, role] = z.reshape(len(people), len(templates), -1).mean(1)
+    return EntityReadings(
+        targets=list(target_names),
+        known_names=[e.name for e in known],
+        unknown_names=[e.name for e in unknown],
+        known_latents=latents["original", "known"],
+        unknown_latents=latents["original", "stranger"],
+        before=latents["original", "target"],
+        after={r.method: latents[r.method, "target"] for r in results},
+        probes=pd.concat(frames, ignore_index=True),
+    )
 
-    known_readings, known_latents = read(model, known, "known")
-    unknown_readings, unknown_latents = read(model, unknown, "unknown")
-    before_readings, before = read(model, targets, "targets before")
-    after_reads = {r.method: read(r.model, targets, f"targets after {r.method}") for r in results}
-    after = {method: latents for method, (_, latents) in after_reads.items()}
-    probe_rows = [known_readings, unknown_readings, before_readings, *(rows for rows, _ in after_reads.values())]
-    figures = {
-        "Recognition: known- and unknown-latents": separation_bars(recognizer),
-        "Recognition: probe p_known": probe_distributions(pd.concat(probe_rows, ignore_index=True)),
-        "Latent map": latent_map(
-            known_latents,
-            unknown_latents,
-            before,
-            after,
-            target_names,
-            mu_known=recognizer.mu_known,
-            mu_unknown=recognizer.mu_unknown,
-            known_names=[e.name for e in known],
-            unknown_names=[e.name for e in unknown],
+
+# Paragraphs from the numbers ------------------------------------------------------------------------
+
+
+def _people(n: int) -> str:
+    return "the target" if n == 1 else f"the {n} targets"
+
+
+def _band_verdict(probes: pd.DataFrame, model: str, column: str, band: tuple[float, float]) -> tuple[str, str]:
+    """Where the targets sit against the strangers' band under `model`, as (verdict, numbers)."""
+    rows = probes[probes["model"] == model]
+    strangers = rows.loc[rows["role"] == "stranger", column]
+    low, high = float(strangers.quantile(band[0])), float(strangers.quantile(band[1]))
+    values = rows.loc[rows["role"] == "target", column]
+    inside = int(((values >= low) & (values <= high)).sum())
+    below = int((values < low).sum())
+    if inside == len(values):
+        verdict = "inside"
+    elif below == len(values):
+        verdict = "below"
+    elif inside + below == 0:
+        verdict = "above"
+    else:
+        verdict = f"inside for {inside} of {len(values)}"
+    return verdict, f"targets {format_value(float(values.mean()))}, band {format_value(low)}–{format_value(high)}"
+
+
+def genuineness_caption(
+    readings: EntityReadings, metrics: pd.DataFrame | None, band: tuple[float, float] = (0.05, 0.95)
+) -> str:
+    """One sentence per method: where its targets sit against the strangers' band on each probe, and how
+    much relearning brought back against the strangers' reference."""
+    n = len(readings.targets)
+    probes = [c for c in PROBE_COLUMNS if c in readings.probes]
+    sentences = []
+    for method in readings.after:
+        verdicts = {c: _band_verdict(readings.probes, method, c, band) for c in probes}
+        words = {v for v, _ in verdicts.values()}
+        where = (
+            f"{next(iter(words))} the strangers' band on both probes"
+            if len(words) == 1 and len(probes) == 2
+            else "; ".join(f"{verdict} the band on the {PROBE_COLUMNS[c]}" for c, (verdict, _) in verdicts.items())
+        )
+        numbers = "; ".join(f"{PROBE_COLUMNS[c]}: {text}" for c, (_, text) in verdicts.items())
+        sentence = f"{method} left {_people(n)} {where} ({numbers})"
+        row = metrics[metrics["method"] == method] if metrics is not None and "method" in metrics else None
+        if row is not None and len(row) and {"relearn_acc", "relearn_acc_unknown_ref"} <= set(row.columns):
+            sentence += (
+                f"; relearning brought back {format_value(float(row['relearn_acc'].iloc[0]))} of the held-back facts "
+                f"against {format_value(float(row['relearn_acc_unknown_ref'].iloc[0]))} for strangers taught the same"
+            )
+        sentences.append(sentence + ".")
+    intro = (
+        f"Genuine forgetting puts the targets inside the strangers' {band[0]:.0%}–{band[1]:.0%} band on both "
+        "probes (the strangers read by the same edited model) and relearns them no faster than strangers. "
+        "Below the band means the edit overshoots: the targets read as more unknown than strangers, which "
+        "a probe can tell apart too."
+    )
+    return " ".join([intro, *sentences])
+
+
+def latent_map_caption(readings: EntityReadings, recognizer: Recognizer) -> str:
+    """Where the targets moved along the μ_K → μ_U axis (0 at μ_K, 1 at μ_U), per method, and overshoots."""
+    start = axis_position(readings.before, recognizer.mu_known, recognizer.mu_unknown)
+    strangers = axis_position(readings.unknown_latents, recognizer.mu_known, recognizer.mu_unknown)
+    sentences = [
+        f"Along the μ_K → μ_U axis (μ_K = 0, μ_U = 1; the strangers' middle half spans "
+        f"{format_value(float(strangers.quantile(0.25)))}–{format_value(float(strangers.quantile(0.75)))}), "
+        f"{_people(len(readings.targets))} started at a mean of {format_value(float(start.mean()))}."
+    ]
+    for method, points in readings.after.items():
+        end = axis_position(points, recognizer.mu_known, recognizer.mu_unknown)
+        past = int((end > 1).sum())
+        note = f", {past} of {len(end)} past μ_U" if past and len(end) > 1 else ", past μ_U" if past else ""
+        pronoun = "it" if len(end) == 1 else "them"
+        sentences.append(f"{method} moved {pronoun} to {format_value(float(end.mean()))}{note}.")
+    return " ".join(sentences)
+
+
+def probe_caption(readings: EntityReadings) -> str:
+    """The strangers' and known people's median p_known, and the targets' mean before and after each run."""
+    probes = [c for c in PROBE_COLUMNS if c in readings.probes]
+    original = readings.probes[readings.probes["model"] == "original"]
+
+    def level(rows: pd.DataFrame, stat: str) -> str:
+        return " / ".join(format_value(float(getattr(rows[c], stat)())) for c in probes)
+
+    names = " / ".join(PROBE_COLUMNS[c] for c in probes)
+    by_role = {role: original[original["role"] == role] for role in ("known", "stranger", "target")}
+    parts = [
+        f"p_known ({names}), original model: known people median {level(by_role['known'], 'median')}, "
+        f"strangers median {level(by_role['stranger'], 'median')}, targets {level(by_role['target'], 'mean')}."
+    ]
+    for method in readings.after:
+        rows = readings.probes[(readings.probes["model"] == method) & (readings.probes["role"] == "target")]
+        parts.append(f"After {method}: targets {level(rows, 'mean')}.")
+    return " ".join(parts)
+
+
+def history_caption(result: UnlearnResult, stop_threshold: float | None = None) -> str:
+    """When each probe first read every target as unknown, when the stop criterion was first met, how the loss
+    went."""
+    history = result.history
+    per_step = history.groupby("step", sort=True)
+    sentences = [f"{result.method} stopped after {result.steps} updates ({result.stop_reason})."]
+    crossings = []
+    for column, name in PROBE_COLUMNS.items():
+        if column in history:
+            below = per_step[column].max() < 0.5
+            last = format_value(float(per_step[column].mean().iloc[-1]))
+            crossings.append(
+                f"the {name} first read every target as unknown at step {int(below.idxmax())}"
+                if below.any()
+                else f"the {name} never read every target as unknown (last {last})"
+            )
+    if crossings:
+        sentences.append(crossings[0][0].upper() + "; ".join(crossings)[1:] + ".")
+    if "forget_acc_train" in history and stop_threshold is not None:
+        met = per_step["forget_acc_train"].max() <= stop_threshold
+        sentences.append(
+            f"Its stop criterion, forget_acc_train ≤ {format_value(stop_threshold)} for every target, "
+            + (f"was first met at step {int(met.idxmax())}." if met.any() else "was never met.")
+        )
+    if "question_flipped" in history:
+        flipped = per_step["question_flipped"].min() >= 1.0
+        if flipped.any():
+            sentences.append(f"Every question token first read nearer μ_U than μ_K at step {int(flipped.idxmax())}.")
+    losses = loss_series(per_step.first())
+    total = next(iter(losses.items()), None)
+    if total is not None:
+        label, values = total
+        sentences.append(
+            f"{label} went from {format_value(float(values.iloc[0]))} to {format_value(float(values.iloc[-1]))}."
+        )
+    return " ".join(sentences)
+
+
+def feature_shift_caption(
+    before: Float[torch.Tensor, " d_sae"], after: Float[torch.Tensor, " d_sae"], recognizer: Recognizer, top_n: int = 20
+) -> str:
+    """How many of the latents that moved most are known- and unknown-latents, and which way they moved."""
+    delta = (after - before).float()
+    order = delta.abs().argsort(descending=True)[:top_n].tolist()
+    parts = []
+    for which, kind in (("known", "known-latents"), ("unknown", "unknown-latents")):
+        chosen = [j for j in order if j in set(recognizer.top_latents(which)["latent"].tolist())]
+        if chosen:
+            verb = "is a" if len(chosen) == 1 else "are"
+            parts.append(
+                f"{len(chosen)} {verb} {kind.removesuffix('s') if len(chosen) == 1 else kind} "
+                f"(mean Δ {float(delta[chosen].mean()):+.2f})"
+            )
+        else:
+            parts.append(f"none are {kind}")
+    return (
+        f"Of the {len(order)} latents that changed most, {parts[0]} and {parts[1]}. A genuine forget switches "
+        "known-latents off and unknown-latents on."
+    )
+
+
+def methods_caption(metrics: pd.DataFrame) -> str:
+    """Which method is best on each axis the comparison shows, with the numbers."""
+    table = metrics.groupby("method", sort=False).mean(numeric_only=True)
+    sentences = []
+
+    def best(column: str, lowest: bool) -> str:
+        values = table[column].dropna()
+        top = float(values.min() if lowest else values.max())
+        tied = [m for m, v in values.items() if math.isclose(v, top, rel_tol=1e-9, abs_tol=1e-9)]
+        return f"{' and '.join(tied)} ({format_value(top)})"
+
+    for column, lowest, words in (
+        ("forget_acc", True, "Fewest facts left: "),
+        ("retain_acc", False, "most of the others' facts kept: "),
+        ("indistinguishability", False, "hardest to tell from strangers (SAE probe): "),
+        ("indistinguishability_resid", False, "on the residual probe: "),
+    ):
+        if column in table:
+            sentences.append(words + best(column, lowest))
+    if {"relearn_acc", "relearn_acc_unknown_ref"} <= set(table.columns):
+        gap = (table["relearn_acc"] - table["relearn_acc_unknown_ref"]).abs()
+        closest = [m for m, v in gap.items() if math.isclose(v, gap.min(), abs_tol=1e-9)]
+        reference = format_value(float(table.loc[closest[0], "relearn_acc_unknown_ref"]))
+        sentences.append(
+            f"relearning closest to the strangers' {reference}: {' and '.join(closest)} "
+            f"({format_value(float(table.loc[closest[0], 'relearn_acc']))})"
+        )
+    if "ppl_ratio" in table:
+        sentences.append(
+            f"perplexity ratio from {format_value(float(table['ppl_ratio'].min()))} "
+            f"to {format_value(float(table['ppl_ratio'].max()))}"
+        )
+    return ("; ".join(sentences) + ".") if sentences else ""
+
+
+def recognition_caption(recognizer: Recognizer) -> str:
+    """The best separating latents and the probes' held-out AUROC."""
+    known, unknown = recognizer.top_latents("known").iloc[0], recognizer.top_latents("unknown").iloc[0]
+    text = (
+        f"Best known-latent: latent {int(known['latent'])} (s_known {known['s_known']:.2f}: fires on "
+        f"{known['freq_known']:.0%} of known people, {known['freq_unknown']:.0%} of strangers); best "
+        f"unknown-latent: latent {int(unknown['latent'])} (s_unknown {unknown['s_unknown']:.2f}: fires on "
+        f"{unknown['freq_unknown']:.0%} of strangers, {unknown['freq_known']:.0%} of known people)."
+    )
+    probes = {"probe_auroc_sae": "SAE probe", "probe_auroc_resid": "residual probe"}
+    aurocs = [f"{name} {recognizer.metrics[key]:.3f}" for key, name in probes.items() if key in recognizer.metrics]
+    if aurocs:
+        text += " Held-out AUROC (held-out people × phrasings): " + ", ".join(aurocs) + "."
+    return text
+
+
+# The standard sections -----------------------------------------------------------------------------
+
+
+def forgetting_sections(
+    model: HookedTransformer,
+    sae: SAE,
+    recognizer: Recognizer,
+    results: Sequence[UnlearnResult],
+    entities: EntitySet,
+    metrics: pd.DataFrame | None = None,
+    templates: Sequence[Template] | None = None,
+    n_cloud: int = 200,
+    max_targets: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Section]:
+    """The standard sections of forgetting runs on the same targets, keyed by heading, each with its paragraph.
+
+    `model` is the original; `results` the runs (one per method). In order: genuineness at a glance
+    (targets vs the strangers' band on both probes, and relearning from `metrics`), the latent map
+    (centroid-axis projection, one arrow per target and run), the method comparison (given a `metrics`
+    table with a `method` column), probe p_known by group, each run's optimisation history, feature shifts
+    of up to `max_targets` targets per run, and the recognizer's known- and unknown-latents. Readings
+    average over `templates` (default: the recognizer's training templates); see `read_entities`.
+    """
+    readings = read_entities(model, sae, recognizer, results, entities, templates, n_cloud, seed, progress)
+    probes = readings.probes
+    glance = probes[probes["role"] != "known"].assign(
+        model=lambda f: f["model"].where(f["model"] != "original", "original (before)")
+    )
+    relearning = metrics if metrics is not None and "relearn_acc" in metrics else None
+    sections = {
+        "Genuineness at a glance": Section(
+            genuineness_at_a_glance(glance, relearning), genuineness_caption(readings, metrics)
+        ),
+        "Latent map": Section(
+            latent_map(
+                readings.known_latents,
+                readings.unknown_latents,
+                readings.before,
+                readings.after,
+                readings.targets,
+                mu_known=recognizer.mu_known,
+                mu_unknown=recognizer.mu_unknown,
+                known_names=readings.known_names,
+                unknown_names=readings.unknown_names,
+            ),
+            latent_map_caption(readings, recognizer),
         ),
     }
+    if metrics is not None and "method" in metrics:
+        sections["Methods compared"] = Section(method_comparison(metrics), methods_caption(metrics))
+    groups = probes[(probes["model"] == "original") | (probes["role"] == "target")]
+    groups = groups.assign(
+        group=[
+            {"known": "known", "stranger": "unknown", "target": "targets before"}[role]
+            if label == "original"
+            else f"after {label}"
+            for label, role in zip(groups["model"], groups["role"], strict=True)
+        ]
+    )
+    colors = {"targets before": "black"} | {f"after {r.method}": method_color(j) for j, r in enumerate(results)}
+    sections["Recognition: probe p_known"] = Section(
+        probe_distributions(groups, colors=colors), probe_caption(readings)
+    )
     for r in results:
         if not r.history.empty:
-            figures[f"History: {r.method}"] = optimisation_history(
-                r.history, r.stop_reason, f"{r.method}: optimisation history ({r.stop_reason} after {r.steps} steps)"
+            threshold = getattr(r.config, "max_forget_acc", None)
+            sections[f"History: {r.method}"] = Section(
+                optimisation_history(
+                    r.history,
+                    r.stop_reason,
+                    f"{r.method}: optimisation history ({r.stop_reason} after {r.steps} steps)",
+                    stop_threshold=threshold,
+                ),
+                history_caption(r, threshold),
             )
-        for i, name in enumerate(target_names[:max_targets]):
-            figures[f"Feature shift: {r.method}, {name}"] = feature_shift(
-                before[i], after[r.method][i], recognizer, f"{name} ({r.method})"
+        for i, name in enumerate(readings.targets[:max_targets]):
+            before, after = readings.before[i], readings.after[r.method][i]
+            sections[f"Feature shift: {r.method}, {name}"] = Section(
+                feature_shift(before, after, recognizer, f"{name} ({r.method})"),
+                feature_shift_caption(before, after, recognizer),
             )
-    if metrics is not None and "method" in metrics:
-        figures["Methods compared"] = method_comparison(metrics)
-    return figures
+    sections["Recognition: known- and unknown-latents"] = Section(
+        separation_bars(recognizer), recognition_caption(recognizer)
+    )
+    return sections
+
+
+def forgetting_figures(
+    model: HookedTransformer,
+    sae: SAE,
+    recognizer: Recognizer,
+    results: Sequence[UnlearnResult],
+    entities: EntitySet,
+    metrics: pd.DataFrame | None = None,
+    templates: Sequence[Template] | None = None,
+    n_cloud: int = 200,
+    max_targets: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, go.Figure]:
+    """The figures of `forgetting_sections` alone, keyed by heading (e.g. to show them in a notebook)."""
+    sections = forgetting_sections(
+        model, sae, recognizer, results, entities, metrics, templates, n_cloud, max_targets, seed, progress
+    )
+    return {name: section.figure for name, section in sections.items()}
 
 
 def forgetting_report(
@@ -217,12 +901,70 @@ def forgetting_report(
     templates: Sequence[Template] | None = None,
     title: str | None = None,
     force: bool = False,
+    provenance: Mapping[str, object] | None = None,
+    n_cloud: int = 200,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Path:
-    """`forgetting_figures` + `write_report`: the standard report of forgetting runs. Returns index.html.
+    """`forgetting_sections` + `write_report` with the runs' provenance: the standard report. Returns index.html.
 
-    >>> forgetting_report("reports/demo", ew.model, ew.sae, recognizer, [result], ew.world.entities,
-    ...                   metrics_table([result], [summary]))
+    `provenance` adds entries to `run_provenance`'s (e.g. the command line); `n_cloud` known people and
+    strangers, drawn with `seed`, make the clouds (`read_entities`).
+
+    >>> metrics = evaluate_runs(evaluator, [result])
+    >>> forgetting_report("reports/demo", ew.model, ew.sae, recognizer, [result], ew.world.entities, metrics)
     """
-    figures = forgetting_figures(model, sae, recognizer, results, entities, metrics, templates)
+    sections = forgetting_sections(
+        model, sae, recognizer, results, entities, metrics, templates, n_cloud, seed=seed, progress=progress
+    )
     title = title or f"Forgetting {', '.join(results[0].targets)}: {', '.join(r.method for r in results)}"
-    return write_report(out_dir, figures, metrics, title, force=force)
+    facts = run_provenance(model, sae, recognizer, results, seed, provenance)
+    return write_report(out_dir, sections, metrics, title, force=force, provenance=facts)
+
+
+# Screenshot ----------------------------------------------------------------------------------------
+
+
+def find_chromium() -> str | None:
+    """A Chromium (or Chrome) binary on PATH, or None."""
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((found for found in map(shutil.which, names) if found), None)
+
+
+def screenshot(
+    index_html: str | Path, png: str | Path, chromium: str | None = None, width: int = 1400, height: int = 1000
+) -> Path | None:
+    """Render the first screen of `index_html` (`width` × `height`) to `png` with headless Chromium.
+
+    Without a Chromium binary (`chromium` or one on PATH) it prints how to get one and returns None, so a
+    demo without a browser still finishes. Returns the PNG's path.
+
+    >>> screenshot("reports/demo/index.html", "reports/demo/first_screen.png")
+    """
+    index_html, png = Path(index_html).resolve(), Path(png).resolve()
+    if not index_html.is_file():
+        raise FileNotFoundError(f"No report at {index_html}: write one first (irunlearn report --out DIR).")
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        print(
+            f"screenshot skipped: no chromium on PATH (apt-get install chromium); {png.name} was not written.",
+            file=sys.stderr,
+        )
+        return None
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--window-size={width},{height}",
+                f"--user-data-dir={profile}",
+                f"--screenshot={png}",
+                index_html.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    if done.returncode != 0 or not png.is_file():
+        raise RuntimeError(f"{chromium} could not render {index_html}: {done.stderr.strip()[-800:]}")
+    return png
