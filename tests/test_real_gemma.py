@@ -311,3 +311,28 @@ def test_gemma_scope_2_recipe_on_the_local_gemma(gemma, bench, gemma_scope_stand
     )
     assert recognizer.hook_name == "blocks.9.hook_resid_post"
     assert recognizer.metrics["probe_auroc_resid"] > 0.85, recognizer.metrics
+
+
+@pytest.mark.real
+def test_people_bench_labels(bench):
+    """Gemma's own answers: most famous people known, most sampled players unknown, far above what answering
+    every name like a made-up one would give (measured: KNOWN_FLOOR_NOTE)."""
+    counts = bench.counts().set_index("kind")
+    assert counts.loc["person", "known"] >= 100, counts
+    assert counts.loc["player", "unknown"] >= 150, counts
+    assert bench.chance_known < 0.1 * counts.loc["person", "known"], bench.chance_known
+    assert {e.kind for e in bench.entities.known} == {"person"}
+    assert {e.kind for e in bench.entities.unknown} == {"player"}
+
+
+@pytest.mark.real
+def test_recognition_floors_at_the_shipped_sae(gemma, bench):
+    """Held-out people × held-out phrasings, famous vs obscure real people, at the shipped SAE's hook."""
+    if not (GEMMA3_SAE / "cfg.json").is_file():
+        pytest.fail(f"The shipped Gemma SAE is missing from {GEMMA3_SAE}.")
+    sae = models.load_sae(path=GEMMA3_SAE)
+    recognizer = fit_recognizer(
+        gemma, sae, bench.entities, person_templates("train"), person_templates("heldout"), progress=False
+    )
+    assert recognizer.metrics["probe_auroc_resid"] >= 0.95, recognizer.metrics
+    assert recognizer.metrics["probe_auroc_sae"] >= 0.92, recognizer.metrics
