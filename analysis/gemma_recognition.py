@@ -26,24 +26,29 @@ from tables import markdown
 from irunlearn.entities import Entity, EntitySet
 from irunlearn.models import load_model, load_sae
 from irunlearn.real import fixture
+from irunlearn.real.labelling import label_entities
 from irunlearn.real.layer_probes import layer_probe_aurocs
-from irunlearn.real.people import PeopleBench, people_bench, person_templates
+from irunlearn.real.people import PeopleBench, load_people, made_up_names, people_bench, person_templates
 from irunlearn.real.sae import GEMMA3_SAE
 from irunlearn.recognition import fit_recognizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
+N_MADE_UP = 40
 
 
-def per_layer(model, bench: PeopleBench, seed: int, progress: bool) -> pd.DataFrame:
-    """Residual-probe AUROC per layer: famous vs obscure players, and famous vs made-up names."""
-    train, heldout = person_templates("train"), person_templates("heldout")
-    obscure = layer_probe_aurocs(model, bench.entities, train, heldout, seed=seed, progress=progress)
-    made_up = EntitySet(bench.entities.known, [Entity(name) for name in bench.made_up])
-    control = layer_probe_aurocs(model, made_up, train, heldout, seed=seed, progress=progress)
+def per_layer(model, entities: EntitySet, seed: int, progress: bool) -> pd.DataFrame:
+    """`layer_probe_aurocs` on the person prompts: fit on training phrasings, scored on held-out ones."""
+    return layer_probe_aurocs(
+        model, entities, person_templates("train"), person_templates("heldout"), seed=seed, progress=progress
+    )
+
+
+def layer_table(obscure: pd.DataFrame, control: pd.DataFrame) -> pd.DataFrame:
+    """Famous vs obscure players per layer, with the made-up-name control's AUROC beside it."""
     table = obscure[["layer", "hook", "auroc", "accuracy"]].rename(
         columns={"auroc": "AUROC famous vs obscure", "accuracy": "accuracy famous vs obscure"}
     )
-    table["AUROC famous vs made-up"] = control["auroc"].to_numpy()
+    table["AUROC famous vs made-up"] = control.set_index("hook").loc[table["hook"], "auroc"].to_numpy()
     table.attrs["rows"] = (int(obscure["n_fit_rows"].iloc[0]), int(obscure["n_test_rows"].iloc[0]))
     return table
 
@@ -112,9 +117,16 @@ Best layer: {int(best["layer"])} (AUROC {best["AUROC famous vs obscure"]:.3f}); 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-players", type=int, default=240)
+    parser.add_argument("--n-players", type=int, default=120)
     parser.add_argument("--sae", type=Path, default=GEMMA3_SAE, help="SAE folder (skipped when absent)")
     parser.add_argument("--out", type=Path, default=RESULTS / "gemma_recognition.md")
+    parser.add_argument(
+        "--control",
+        choices=("run", "only", "read"),
+        default="run",
+        help="the made-up-name control: compute it (run), compute only it and stop (only), or read the table "
+        "an `only` run wrote (read), so that the two tables can be computed in two processes",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if fixture.gemma3_path() is None:
@@ -124,8 +136,23 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     progress = not args.quiet
     model = load_model("gemma3-270m")
-    bench = people_bench(model, n_players=args.n_players, seed=args.seed, progress=progress)
-    layers = per_layer(model, bench, args.seed, progress)
+    control_csv = args.out.with_name(args.out.stem + "_control.csv")
+    if args.control == "only":
+        people, _ = label_entities(model, load_people(), progress=progress)
+        made_up = made_up_names(N_MADE_UP, args.seed, exclude=[p.name for p in load_people()])
+        entities = EntitySet(people.known, [Entity(name) for name in made_up])
+        per_layer(model, entities, args.seed, progress).to_csv(control_csv, index=False)
+        return 0
+    bench = people_bench(model, n_players=args.n_players, n_made_up=N_MADE_UP, seed=args.seed, progress=progress)
+    obscure = per_layer(model, bench.entities, args.seed, progress)
+    if args.control == "read":
+        control = pd.read_csv(control_csv)
+    else:
+        control = per_layer(
+            model, EntitySet(bench.entities.known, [Entity(n) for n in bench.made_up]), args.seed, progress
+        )
+        control.to_csv(control_csv, index=False)
+    layers = layer_table(obscure, control)
     sae = sae_probe(model, args.sae, bench, args.seed, progress) if (args.sae / "cfg.json").is_file() else None
     text = report(bench, layers, sae, args.seed, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from huggingface_hub.utils import EntryNotFoundError
 from real_fixtures import save_tiny_llama
-from safetensors import safe_open
-from safetensors.torch import save_file
 from sae_lens import JumpReLUSAE, StandardSAE, StandardSAEConfig
 from sae_lens.loading import pretrained_sae_loaders
 from sae_lens.saes.sae import SAEMetadata
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformer_lens import HookedTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -319,7 +319,7 @@ def test_people_bench_labels(bench):
     every name like a made-up one would give (measured: KNOWN_FLOOR_NOTE)."""
     counts = bench.counts().set_index("kind")
     assert counts.loc["person", "known"] >= 100, counts
-    assert counts.loc["player", "unknown"] >= 150, counts
+    assert counts.loc["player", "unknown"] >= 80, counts
     assert bench.chance_known < 0.1 * counts.loc["person", "known"], bench.chance_known
     assert {e.kind for e in bench.entities.known} == {"person"}
     assert {e.kind for e in bench.entities.unknown} == {"player"}

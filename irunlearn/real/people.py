@@ -138,7 +138,7 @@ class PeopleBench:
 def people_bench(
     model: HookedTransformer,
     *,
-    n_players: int = 240,
+    n_players: int = 120,
     n_made_up: int = 40,
     seed: int = 0,
     people_data: str | Path | None = None,

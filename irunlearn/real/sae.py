@@ -157,9 +157,9 @@ def train_real_sae(
     `irunlearn.real.wikidata.wikidata_dir`). With `autocast`, the model's forward
     and the SAE's training step run in bfloat16 autocast (about twice as fast on a CPU with AMX/AVX-512;
     the SAE's weights stay float32). `save_dtype=torch.float16` halves the saved file; the SAE still loads
-    as float32, and its figures are measured on what was saved. The run is offline: wandb off, no hub, no checkpoints. The folder
-    appears atomically and a non-empty `out_dir` is replaced only with `overwrite`. Returns the SAE as
-    loaded back from `out_dir` and its figures (see `sae_figures`, which `figure_entities` and
+    as float32, and its figures are measured on what was saved. The run is offline: wandb off, no hub, no
+    checkpoints. The folder appears atomically and a non-empty `out_dir` is replaced only with `overwrite`.
+    Returns the SAE as loaded back from `out_dir` and its figures (see `sae_figures`, which `figure_entities` and
     `figure_templates` go to), also written to `out_dir/training.json`.
 
     >>> sae, figures = train_real_sae(model, "blocks.10.hook_resid_post", "smollm2_sae", 600_000)
