@@ -520,4 +520,4 @@ def _population(values: dict[str, list[str]]) -> float:
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         hint = " (famous people: irunlearn.real.people.load_people)" if kind == "person" else ""
-        raise ValueError(f"Unknown Wikidata entity kind {kind!r}; expected one of {KINDS}{hint}.")
+        raise ValueError(f"Unknown entity kind {kind!r} for the Wikidata records; expected one of {KINDS}{hint}.")
