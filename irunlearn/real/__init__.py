@@ -1,16 +1,23 @@
-"""Real models and real entities: the SmolLM2 fixture, Wikidata records, known/unknown labelling."""
+"""Real models and real entities: the Gemma 3 and SmolLM2 fixtures, Wikidata records, famous people, labelling."""
 
-from irunlearn.real.fixture import load_smollm2, smollm2_path
+from irunlearn.real.fixture import gemma3_path, load_fixture, load_gemma3, load_smollm2, smollm2_path
 from irunlearn.real.labelling import greedy_generate, label_entities
+from irunlearn.real.people import load_people, people_bench, person_templates
 from irunlearn.real.wikidata import attributes, check_answer, load_entities, question_templates
 
 __all__ = [
     "attributes",
     "check_answer",
+    "gemma3_path",
     "greedy_generate",
     "label_entities",
     "load_entities",
+    "load_fixture",
+    "load_gemma3",
+    "load_people",
     "load_smollm2",
+    "people_bench",
+    "person_templates",
     "question_templates",
     "smollm2_path",
 ]

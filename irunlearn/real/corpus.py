@@ -51,7 +51,7 @@ def _listing(values: Sequence[str], limit: int = 3) -> str:
 
 
 def entity_sentences(entity: Entity) -> list[str]:
-    """Declarative sentences stating an entity's attributes (cities, players, songs, movies).
+    """Declarative sentences stating an entity's attributes (cities, players, songs, movies, people).
 
     >>> entity_sentences(Entity("Lyon", {"country": "France", "population": "520000"}, kind="city"))
     ['Lyon is a city in France.', 'Lyon has a population of about 520,000.']
@@ -94,6 +94,13 @@ def entity_sentences(entity: Entity) -> list[str]:
             out.append(f"The screenplay of {name} was written by {_listing(a['screenwriter'])}.")
         if a.get("cast"):
             out.append(f"{name} stars {_listing(a['cast'])}.")
+    elif entity.kind == "person":
+        if a.get("nationality") and a.get("occupation"):
+            nationality = a["nationality"][0]
+            article = "an" if nationality[0].upper() in "AEIOU" else "a"
+            out.append(f"{name} is {article} {nationality} {_listing(a['occupation'])}.")
+        elif a.get("occupation"):
+            out.append(f"{name} is known as a {_listing(a['occupation'])}.")
     else:
         raise ValueError(f"No sentences for entity kind {entity.kind!r}.")
     return out

@@ -43,7 +43,9 @@ def greedy_generate(
     which defaults to the model's `cfg.default_prepend_bos`), sorted by length and left-padded into
     batches, so every row's last real token is at the end; TransformerLens's `generate` masks the
     padding, reuses its key-value cache and stops a row at its first newline or end-of-sequence token.
-    The answers equal one-prompt-at-a-time greedy decoding.
+    The answers equal one-prompt-at-a-time greedy decoding. Only the last position is unembedded (a hook
+    on `ln_final` keeps that position alone): `generate` reads nothing else, and unembedding every prompt
+    position costs more than the rest of the model where the vocabulary is large (Gemma: 262,144 words).
     """
     tokenizer = model.tokenizer
     if prepend_bos is None:
@@ -60,7 +62,8 @@ def greedy_generate(
         rows = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in rows)
         padded = [[tokenizer.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in rows]
-        with _padding_side(tokenizer, "left"):  # `generate` finds the padding to mask from this side
+        # `generate` finds the padding to mask from the tokenizer's padding side
+        with _padding_side(tokenizer, "left"), model.hooks(fwd_hooks=_last_position_only(model)):
             out = model.generate(
                 torch.tensor(padded, device=model.cfg.device),
                 max_new_tokens=max_new_tokens,
@@ -74,6 +77,12 @@ def greedy_generate(
         for row, i in enumerate(rows):
             answers[i] = _decode_answer(tokenizer, out[row, width:].tolist())
     return answers
+
+
+def _last_position_only(model: HookedTransformer) -> list[tuple[str, Callable]]:
+    """A forward hook that cuts the final normalised residual to its last position, if the model has one."""
+    name = "ln_final.hook_normalized"
+    return [(name, lambda resid, hook: resid[:, -1:])] if name in model.hook_dict else []
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

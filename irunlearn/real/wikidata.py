@@ -1,5 +1,8 @@
 """Real entities from Wikidata (cities, basketball players, songs, movies), their questions and answer checks.
 
+The attribute table also holds the questions about famous people (kind `"person"`, nationality and
+occupation), whose records are loaded by `irunlearn.real.people`.
+
 The records are the ones Ferrando et al. queried for "Do I Know This Entity?" and live outside the
 repository, in `$IRUNLEARN_WIKIDATA` or else `../shared/data/wikidata` next to the repository root. Each
 record becomes an `Entity(name, attributes, kind)`; an attribute with several values (a player's teams, a
@@ -67,6 +70,63 @@ def wikidata_dir(path: str | Path | None = None) -> Path:
     return path
 
 
+# How a nationality is commonly named: the demonym's country and its near forms (normalised).
+DEMONYM_ALIASES: dict[str, tuple[str, ...]] = {
+    "american": ("united states", "united states of america", "usa", "us", "u s", "america"),
+    "english": ("british", "england", "uk", "united kingdom", "britain"),
+    "british": ("english", "scottish", "welsh", "uk", "united kingdom", "britain", "great britain", "england"),
+    "canadian": ("canada",),
+    "greek": ("greece",),
+    "australian": ("australia",),
+    "chinese": ("china",),
+    "hong kong": ("chinese", "china"),
+    "mongol": ("mongolian", "mongolia"),
+    "italian": ("italy",),
+    "barbadian": ("barbados", "bajan"),
+    "dutch": ("netherlands", "holland"),
+    "german": ("germany",),
+    "south african": ("south africa",),
+    "colombian": ("colombia",),
+    "japanese": ("japan",),
+    "irish": ("ireland",),
+    "austrian": ("austria",),
+    "french": ("france",),
+}
+# Occupations as a model may name them (normalised gold value → accepted alternatives).
+OCCUPATION_ALIASES: dict[str, tuple[str, ...]] = {
+    "actor": ("actress", "film actor"),
+    "actress": ("actor",),
+    "singer songwriter": ("singer", "songwriter"),
+    "singer": ("vocalist",),
+    "author": ("writer", "novelist"),
+    "novelist": ("writer", "author"),
+    "filmmaker": ("film director", "director", "film producer"),
+    "director": ("film director", "filmmaker"),
+    "producer": ("film producer", "record producer"),
+    "rapper": ("hip hop artist", "rap artist", "hip hop musician"),
+    "businesswoman": ("entrepreneur", "businessperson", "business executive"),
+    "businessman": ("entrepreneur", "businessperson", "business executive"),
+    "business magnate": ("businessman", "entrepreneur", "investor"),
+    "tv personality": ("television personality", "television host", "tv host"),
+    "television personality": ("tv personality", "television host", "tv host"),
+    "media personality": ("television personality", "tv personality", "celebrity"),
+    "host": ("television host", "tv host", "presenter", "talk show host"),
+    "supermodel": ("model", "fashion model"),
+    "model": ("fashion model", "supermodel"),
+    "president": ("politician", "statesman"),
+    "prime minister": ("politician", "statesman"),
+    "royal family": ("prince", "princess", "royal", "duke", "duchess"),
+    "ruler": ("emperor", "king", "conqueror", "khan", "leader"),
+    "nfl": ("football player", "american football player", "quarterback"),
+    "quarterback": ("football player", "american football player"),
+    "football": ("footballer", "football player", "soccer player"),
+    "tennis": ("tennis player",),
+    "basketball": ("basketball player",),
+    "wrestler": ("professional wrestler",),
+    "racer": ("racing driver", "race car driver"),
+}
+
+
 # ---- answer checking ---------------------------------------------------------------------------------
 
 
@@ -105,6 +165,19 @@ def _spelled_alike(answer_words: list[str], gold_words: list[str]) -> bool:
     return len(answer_words) == len(gold_words) and all(
         difflib.SequenceMatcher(None, a, g).ratio() >= 0.8 for a, g in zip(answer_words, gold_words, strict=True)
     )
+
+
+def nationality_matches(predicted: str, gold: str) -> bool:
+    """Whether an answer names a person's nationality: the demonym, any part of a hyphenated one
+    ("American" for "Canadian-American"), or the country ("United States" for "American")."""
+    parts = [part for value in split_values(gold) for part in (value, *value.split("-")) if part.strip()]
+    return name_matches(predicted, MULTI_SEP.join(parts), aliases=DEMONYM_ALIASES)
+
+
+def occupation_matches(predicted: str, gold: str) -> bool:
+    """Whether an answer names one of a person's occupations ("American actor" for "actor; singer"),
+    common alternatives included ("actress" for "actor", "writer" for "author")."""
+    return name_matches(predicted, gold, aliases=OCCUPATION_ALIASES)
 
 
 def parse_number(text: str) -> float | None:
@@ -212,6 +285,7 @@ def _attribute(
 
 _check_country = partial(name_matches, aliases=COUNTRY_ALIASES)
 _JORDAN, _NOWITZKI = "Michael Jordan", "Dirk Nowitzki"
+_PICASSO, _CURIE = "Pablo Picasso", "Marie Curie"
 
 ATTRIBUTES: dict[str, tuple[Attribute, ...]] = {
     "city": (
@@ -297,6 +371,23 @@ ATTRIBUTES: dict[str, tuple[Attribute, ...]] = {
             name_matches,
         ),
     ),
+    "person": (
+        _attribute(
+            "nationality",
+            "nationality",
+            ("Q: What is the nationality of {name}? A:", "Q: What nationality is {name}? A:"),
+            ((_PICASSO, "Spanish"), (_CURIE, "Polish")),
+            nationality_matches,
+        ),
+        _attribute(
+            "occupation",
+            "occupations",
+            ("Q: What is the occupation of {name}? A:", "Q: What does {name} do for a living? A:"),
+            ((_PICASSO, "painter"), (_CURIE, "physicist")),
+            occupation_matches,
+            listed=True,
+        ),
+    ),
     "movie": (
         _attribute(
             "director",
@@ -341,8 +432,9 @@ _SOURCES = {  # kind → (files under the records folder, name field, Wikidata i
 
 
 def attributes(kind: str) -> tuple[Attribute, ...]:
-    """The attributes asked about entities of `kind` ("city", "player", "song", "movie")."""
-    _check_kind(kind)
+    """The attributes asked about entities of `kind` ("city", "player", "song", "movie", "person")."""
+    if kind not in ATTRIBUTES:
+        raise ValueError(f"Unknown entity kind {kind!r}; expected one of {tuple(ATTRIBUTES)}.")
     return ATTRIBUTES[kind]
 
 
@@ -427,4 +519,5 @@ def _population(values: dict[str, list[str]]) -> float:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"Unknown entity kind {kind!r}; expected one of {KINDS}.")
+        hint = " (famous people: irunlearn.real.people.load_people)" if kind == "person" else ""
+        raise ValueError(f"Unknown entity kind {kind!r} for the Wikidata records; expected one of {KINDS}{hint}.")
