@@ -296,3 +296,8 @@ def repetition_rate(texts: Sequence[list[int]]) -> float:
     """Mean over sequences of the fraction of tokens that repeat an earlier token of the same sequence."""
     rates = [1 - len(set(seq)) / len(seq) for seq in texts if seq]
     return sum(rates) / len(rates) if rates else 0.0
+
+
+# The depth metrics (key restoration, forced choice, relearning attacks, name-sharers' retain) register
+# themselves on import; they build on this module, so they are imported after it is defined.
+import irunlearn.depth  # noqa: E402, F401
