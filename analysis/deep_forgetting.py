@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import torch
+from tables import markdown as table
 
 from irunlearn import depth, load_world
 from irunlearn.methods import forget
@@ -47,17 +49,15 @@ EXISTING = (
 )
 
 
-def run_case(ew, recognizer, case: str, targets, methods, attacks, lrs) -> tuple[list[dict], list[pd.DataFrame]]:
-    """Every method on one case; returns its table rows and its relearning curves."""
+def run_case(ew, recognizer, case: str, targets, methods, attacks, lrs) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """Every method on one case, one at a time: its table row and its relearning curves (the strangers' with
+    the first method)."""
     task = world_task(ew, targets, recognizer)
     evaluator = world_evaluator(ew, task)
     sae_block = depth.sae_layer(evaluator)
-    curves = [
-        depth.relearn_attacks(evaluator, ew.model, attacks, strangers=True, lrs=lrs, steps=STEPS, progress=True).assign(
-            case=case, model="stranger"
-        )
-    ]
-    rows = []
+    stranger = depth.relearn_attacks(evaluator, ew.model, attacks, strangers=True, lrs=lrs, steps=STEPS, progress=True)
+    stranger_best = depth.best_of_lr(stranger).set_index(["attack", "step"])["recall"]
+    pending = [stranger.assign(case=case, model="stranger")]
     for method in ("original", *methods):
         tic = time.perf_counter()
         if method == "original":
@@ -72,19 +72,16 @@ def run_case(ew, recognizer, case: str, targets, methods, attacks, lrs) -> tuple
         restored = depth.key_restoration(ew.model, model, targets, evaluator.train_templates, sae_block)
         row |= {f"key_restoration_L{layer}": v for layer, v in restored.groupby("layer")["restored"].mean().items()}
         if method != "original":
-            attack = depth.relearn_attacks(evaluator, model, attacks, lrs=lrs, steps=STEPS, progress=True)
-            curves.append(attack.assign(case=case, model=method))
-        rows.append(row)
+            curves = depth.relearn_attacks(evaluator, model, attacks, lrs=lrs, steps=STEPS, progress=True)
+            best = depth.best_of_lr(curves).set_index(["attack", "step"])["recall"]
+            for attack in attacks:
+                for k in (25, 100):
+                    row[f"relearn_{attack}_{k}"] = best[(attack, k)]
+                    row[f"relearn_{attack}_{k}_stranger"] = stranger_best[(attack, k)]
+            pending.append(curves.assign(case=case, model=method))
         print(f"{case} {method}: {time.perf_counter() - tic:.0f} s", flush=True)
-    curves_frame = pd.concat(curves, ignore_index=True)
-    best = depth.best_of_lr(curves_frame.drop(columns="case")).set_index(["model", "attack", "step"])["recall"]
-    for row in rows:
-        for attack in attacks:
-            for k in (25, 100):
-                if (row["method"], attack, k) in best:
-                    row[f"relearn_{attack}_{k}"] = best[(row["method"], attack, k)]
-                row[f"relearn_{attack}_{k}_stranger"] = best[("stranger", attack, k)]
-    return rows, [curves_frame]
+        yield row, pd.concat(pending, ignore_index=True)
+        pending = []
 
 
 def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
@@ -102,7 +99,7 @@ def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
         "",
         "Drop of the gold answer's log-probability when the residual at a position is replaced by strangers' mean:",
         "",
-        heat.pivot(index="layer", columns="position", values="logprob_drop").round(2).to_markdown(),
+        table(heat.pivot(index="layer", columns="position", values="logprob_drop").reset_index()),
         "",
     ]
     groups = {
@@ -120,7 +117,7 @@ def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
         "The existing metrics and cost": [*[c for c in EXISTING if c in runs], "steps", "seconds"],
     }
     for title, columns in groups.items():
-        out += [f"## {title}", "", runs[["case", "method", *columns]].round(3).to_markdown(index=False), ""]
+        out += [f"## {title}", "", table(runs[["case", "method", *columns]]), ""]
     return "\n".join(out)
 
 
@@ -138,7 +135,7 @@ def main() -> None:
     ew = load_world()
     recognizer = recognize_world(ew, progress=False)[0]
     runs_path, curves_path = RESULTS / "deep_forgetting_runs.csv", RESULTS / "deep_forgetting_curves.csv"
-    done = set(pd.read_csv(runs_path)["case"]) if args.resume and runs_path.exists() else set()
+    done = set(pd.read_csv(runs_path)["case"]) if args.resume and runs_path.exists() else set()  # finished or begun
     if not args.resume:
         for path in (runs_path, curves_path):
             path.unlink(missing_ok=True)
@@ -158,14 +155,16 @@ def main() -> None:
     for case, targets in cases:
         if case in done:
             continue
-        rows, curves = run_case(ew, recognizer, case, targets, args.methods, args.attacks, args.lrs)
-        for frame, path in ((pd.DataFrame(rows), runs_path), (pd.concat(curves), curves_path)):
-            frame.to_csv(path, mode="a", header=not path.exists(), index=False)
-        runs = pd.read_csv(runs_path)
-        (RESULTS / "deep_forgetting.md").write_text(markdown(runs, pd.read_csv(heat_path)))
-        depth.relearn_figure(
-            pd.read_csv(curves_path).query("case == @case").drop(columns="case"), f"Relearning attacks, {case}"
-        ).write_html(RESULTS / f"deep_forgetting_relearn_{case}.html", include_plotlyjs="cdn")
+        for row, curves in run_case(ew, recognizer, case, targets, args.methods, args.attacks, args.lrs):
+            runs = (
+                pd.concat([pd.read_csv(runs_path), pd.DataFrame([row])]) if runs_path.exists() else pd.DataFrame([row])
+            )
+            runs.to_csv(runs_path, index=False)
+            curves.to_csv(curves_path, mode="a", header=not curves_path.exists(), index=False)
+            (RESULTS / "deep_forgetting.md").write_text(markdown(runs, pd.read_csv(heat_path)))
+            depth.relearn_figure(
+                pd.read_csv(curves_path).query("case == @case").drop(columns="case"), f"Relearning attacks, {case}"
+            ).write_html(RESULTS / f"deep_forgetting_relearn_{case}.html", include_plotlyjs="cdn")
 
 
 if __name__ == "__main__":

@@ -117,10 +117,11 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     layers: tuple[int, ...] | None = (0, 1, 2, 3)
     train_attn: bool = True
     deep_layers: tuple[int, ...] = (1, 2, 3)
+    deep_attn: bool = True
     key_layers: tuple[int, ...] = (0,)
     key_positions: Literal["name", "last"] = "name"
     lambda_keep: float = 5.0
-    lambda_sharers: float = 5.0
+    lambda_sharers: float = 20.0
     n_sharer_lines: int = 32
     deep_steps: int = 3
     idk_answer: str = UNKNOWN_ANSWER
@@ -137,7 +138,7 @@ class SAEGuidedDeep(SAEGuided):
         sae_block = (stop_layer(self.hook_name) or model.cfg.n_layers) - 1
         stage1 = [model.blocks[layer].mlp for layer in range(sae_block + 1)]
         stage2 = [model.blocks[layer].mlp for layer in cfg.deep_layers]
-        attn = [(model.blocks[layer].attn.W_V, model.blocks[layer].attn.W_O) for layer in cfg.deep_layers]
+        attn = [(model.blocks[layer].attn.W_V, model.blocks[layer].attn.W_O) for layer in cfg.deep_layers if cfg.deep_attn]
         self.stage1_params = [p for mlp in stage1 for p in mlp.parameters()]
         self.stage2_params = [p for mlp in stage2 for p in mlp.parameters()] + [w for pair in attn for w in pair]
         missing = [p for p in self.stage1_params + self.stage2_params if not p.requires_grad]
