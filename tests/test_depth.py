@@ -1,5 +1,6 @@
 """Depth of forgetting on the embedded world: where facts are read, and whether an edit removed or moved them."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -104,9 +105,7 @@ def test_relearn_curve_starts_from_what_the_model_knows(ew, evaluator):
         ew.model, depth.build_attack("one_fact", [stranger], evaluator.train_templates), (1e-9,), (10,)
     )
     assert unknown["recall"].tolist() == [0.0, 0.0]
-    fig = depth.relearn_figure(
-        __import__("pandas").concat([known.assign(model="original"), unknown.assign(model="stranger")])
-    )
+    fig = depth.relearn_figure(pd.concat([known.assign(model="original"), unknown.assign(model="stranger")]))
     assert len(fig.data) == 2 and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
 
 

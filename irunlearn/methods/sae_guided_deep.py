@@ -8,9 +8,9 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
 
     L_idk     = CE(`unknown` | target question)                                  the edited key
               + CE(`unknown` | target question, key ← original)                   the original key restored
-    L_keep    = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))     retain fact lines, generic text, and the fact lines of
-                                                    retain people who share a name word with a target
-    L         = L_idk + λ_keep · L_keep
+    L_keep    = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))     retain fact lines and generic text (sae_guided's L_lm pool)
+    L_sharers = the same KL on the fact lines of retain people who share a name word with a target
+    L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers
 
 "key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for
 each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer
@@ -108,9 +108,11 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
 
     `layers` and `train_attn` name every weight the whole edit may change: stage 1 changes only the MLPs
     at or before the SAE's layer (as `sae_guided`), stage 2 only the MLPs and attention `W_V` / `W_O` of
-    `deep_layers`. `key_layers`: the layers whose original residual at the name tokens stage 2 patches in.
-    `lambda_keep`: weight of L_keep. `n_sharer_lines`: name-sharers' fact lines in L_keep per step (from a
-    pool `retain_pool` times that). `deep_steps`: steps in a row every drawn target question must answer
+    `deep_layers` (`deep_attn=False`: the MLPs alone). `key_layers`: the layers whose original residual at
+    the name tokens stage 2 patches in; `key_positions`: at every name token (`name`) or the last only
+    (`last`). `lambda_keep`, `lambda_sharers`: the weights of L_keep and L_sharers. `n_sharer_lines`:
+    name-sharers' fact lines in L_sharers per step (from a pool `retain_pool` times that). `deep_steps`:
+    steps in a row every drawn target question must answer
     `idk_answer` with both keys before stage 2 stops.
     """
 
@@ -138,7 +140,8 @@ class SAEGuidedDeep(SAEGuided):
         sae_block = (stop_layer(self.hook_name) or model.cfg.n_layers) - 1
         stage1 = [model.blocks[layer].mlp for layer in range(sae_block + 1)]
         stage2 = [model.blocks[layer].mlp for layer in cfg.deep_layers]
-        attn = [(model.blocks[layer].attn.W_V, model.blocks[layer].attn.W_O) for layer in cfg.deep_layers if cfg.deep_attn]
+        attn_layers = cfg.deep_layers if cfg.deep_attn else ()
+        attn = [(model.blocks[layer].attn.W_V, model.blocks[layer].attn.W_O) for layer in attn_layers]
         self.stage1_params = [p for mlp in stage1 for p in mlp.parameters()]
         self.stage2_params = [p for mlp in stage2 for p in mlp.parameters()] + [w for pair in attn for w in pair]
         missing = [p for p in self.stage1_params + self.stage2_params if not p.requires_grad]
@@ -230,6 +233,7 @@ class SAEGuidedDeep(SAEGuided):
         )
         if self.sharer_tokens is not None:
             draw = torch.randperm(len(self.sharer_tokens), generator=self.generator)[: cfg.n_sharer_lines]
+            # λ_keep · (L_keep + λ_sharers / λ_keep · L_sharers) = λ_keep · L_keep + λ_sharers · L_sharers
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * kl_to_reference(
                 model(self.sharer_tokens[draw], return_type="logits"), self.sharer_ref[draw], self.sharer_mask[draw]
             )
