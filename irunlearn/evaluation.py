@@ -330,5 +330,8 @@ def repetition_rate(texts: Sequence[list[int]]) -> float:
     return sum(rates) / len(rates) if rates else 0.0
 
 
-# The field's metrics against an oracle (group "oracle") register themselves on import.
+# The field's metrics against an oracle (group "oracle") and the depth metrics (key restoration, forced
+# choice, relearning attacks, name-sharers' retain; group "depth") build on this module and register
+# themselves on import.
+import irunlearn.depth  # noqa: E402, F401
 from irunlearn import oracle_metrics  # noqa: E402, F401

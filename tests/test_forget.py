@@ -19,7 +19,7 @@ from irunlearn.methods.sae_guided import (
     SAEGuided,
     SAEGuidedConfig,
     _retain_sample,
-    _shares_a_name_word,
+    shares_a_name_word,
 )
 from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
 
@@ -240,7 +240,7 @@ def test_hold_questions_holds_name_sharers_question_tokens(ew, recognizer):
     method = SAEGuided(task, ew.sae, config)
     method.setup(ew.model)
     people = _retain_sample(task, config.n_retain_entities * config.retain_pool, random.Random(config.seed))[:8]
-    assert all(_shares_a_name_word(e, task.targets) for e in people)  # on this seed the first 8 all do
+    assert all(shares_a_name_word(e, task.targets) for e in people)  # on this seed the first 8 all do
     theirs = {tuple(row.tolist()) for row in QuestionBatch.build(ew.model, task, people).names.tokens}
     assert len(method.held.names.positions) == 4 * config.retain_pool < len(theirs)  # a pool of their questions
     assert {tuple(row.tolist()) for row in method.held.names.tokens} <= theirs
@@ -254,7 +254,7 @@ def test_hold_questions_holds_name_sharers_question_tokens(ew, recognizer):
     single = world_task(ew, task.targets[:1], recognizer)
     one = SAEGuided(single, ew.sae, SAEGuidedConfig(progress=False))
     one.setup(ew.model)
-    sharers = [e for e in single.retain if _shares_a_name_word(e, single.targets)]
+    sharers = [e for e in single.retain if shares_a_name_word(e, single.targets)]
     assert 0 < len(one.held.names.positions) <= len(sharers) * len(single.templates) < 32 * len(single.templates)
     off = SAEGuided(task, ew.sae, SAEGuidedConfig(hold_questions=0, progress=False))
     off.setup(ew.model)

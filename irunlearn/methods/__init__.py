@@ -14,9 +14,12 @@ from irunlearn.methods.grad_diff import GradDiff
 from irunlearn.methods.npo import NPO
 from irunlearn.methods.rmu import RMU
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig
+from irunlearn.methods.sae_guided_deep import SAEGuidedDeep
 from irunlearn.methods.sae_steer import SAESteer
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SAEGuided, GradAscent, GradDiff, NPO, RMU, SAESteer)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (SAEGuided, SAEGuidedDeep, GradAscent, GradDiff, NPO, RMU, SAESteer)
+}
 
 
 def get_method(name: str) -> type[Method]:

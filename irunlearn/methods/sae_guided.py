@@ -168,7 +168,7 @@ class SAEGuided(Method):
         )
         self.n_lm_rows = min(len(self.lm_tokens), 2 * cfg.n_retain_text)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        sharers = [e for e in retain[: cfg.hold_questions] if _shares_a_name_word(e, task.targets)]
+        sharers = [e for e in retain[: cfg.hold_questions] if shares_a_name_word(e, task.targets)]
         self.held = self._held_pool(model, sharers) if sharers else None
         with torch.no_grad():
             self.retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
@@ -333,7 +333,8 @@ def _detached_at(mask: torch.Tensor):
     return hook
 
 
-def _shares_a_name_word(entity: Entity, targets: list[Entity]) -> bool:
+def shares_a_name_word(entity: Entity, targets: list[Entity]) -> bool:
+    """Whether `entity`'s name has a word in common with a target's name (its nearest neighbours)."""
     return bool({word for target in targets for word in target.name.split()} & set(entity.name.split()))
 
 
@@ -342,6 +343,6 @@ def _retain_sample(task: ForgetTask, n: int, rng: random.Random) -> list[Entity]
     tokens reaches them most easily), then others at random."""
     near, far = [], []
     for entity in task.retain:
-        (near if _shares_a_name_word(entity, task.targets) else far).append(entity)
+        (near if shares_a_name_word(entity, task.targets) else far).append(entity)
     rng.shuffle(near)
     return near[:n] + rng.sample(far, max(0, min(n - len(near), len(far))))

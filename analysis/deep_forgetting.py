@@ -1,0 +1,171 @@
+"""Deep forgetting on the evaluation targets: is each method's edit a moved key or removed facts? (issue #21)
+
+For 5 known people drawn by `resolve_targets(ew, n_random=5, seed=s)` (forgotten together) and for the first
+of them alone, s in `--seeds`, and for each method: the existing metrics, key restoration per layer up to the
+SAE's, forced choice among the attribute's values against strangers, relearning attacks (a) half the facts,
+(b) one fact, (c) other people's facts only, the attacker's best over `depth.ATTACK_LRS` at 25 and 100 steps,
+against strangers taught the same, the held-out name-sharers' retain apart from everyone else, and seconds.
+The original model is a row of its own (no edit); its relearning is not run (it answers every held fact at
+step 0). With an oracle (a world retrained without the targets) the oracle columns would join; none ships yet.
+
+    python analysis/deep_forgetting.py [--seeds 0 1 2] [--methods sae_guided sae_guided_deep ...]
+
+Writes analysis/results/deep_forgetting.md, deep_forgetting_runs.csv (one row per case × method),
+deep_forgetting_curves.csv (every attack × lr × step) and deep_forgetting_locate.csv, appending case by case
+so an interrupted run keeps what it finished (`--resume` skips finished cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tables import markdown as table
+
+from irunlearn import depth, load_world
+from irunlearn.methods import forget
+from irunlearn.world.recognition import recognize_world
+from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("sae_guided", "sae_guided_deep", "grad_ascent", "rmu")
+ATTACKS = ("half", "one_fact", "others")
+STEPS = (10, 25, 50, 100)
+EXISTING = (
+    "forget_acc",
+    "paraphrase_forget_acc",
+    "idk_rate",
+    "retain_acc",
+    "ppl_ratio",
+    "probe_p_known_sae",
+    "probe_p_known_resid",
+    "indistinguishability",
+    "indistinguishability_resid",
+)
+
+
+def run_case(ew, recognizer, case: str, targets, methods, attacks, lrs) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """Every method on one case, one at a time: its table row and its relearning curves (the strangers' with
+    the first method)."""
+    task = world_task(ew, targets, recognizer)
+    evaluator = world_evaluator(ew, task)
+    sae_block = depth.sae_layer(evaluator)
+    stranger = depth.relearn_attacks(evaluator, ew.model, attacks, strangers=True, lrs=lrs, steps=STEPS, progress=True)
+    stranger_best = depth.best_of_lr(stranger).set_index(["attack", "step"])["recall"]
+    pending = [stranger.assign(case=case, model="stranger")]
+    for method in ("original", *methods):
+        tic = time.perf_counter()
+        if method == "original":
+            model, seconds, steps = ew.model, 0.0, 0
+        else:
+            result = forget(ew.model, ew.sae, task, method=method, progress=False)
+            model, seconds, steps = result.model, result.seconds, result.steps
+        summary, _ = evaluator.evaluate(model)
+        row = {"case": case, "method": method, "steps": steps, "seconds": seconds}
+        row |= {k: summary[k] for k in EXISTING if k in summary}
+        row |= evaluator.metrics(model, ["indistinguishability", "forced_choice", "sharer_retain"])
+        restored = depth.key_restoration(ew.model, model, targets, evaluator.train_templates, sae_block)
+        row |= {f"key_restoration_L{layer}": v for layer, v in restored.groupby("layer")["restored"].mean().items()}
+        if method != "original":
+            curves = depth.relearn_attacks(evaluator, model, attacks, lrs=lrs, steps=STEPS, progress=True)
+            best = depth.best_of_lr(curves).set_index(["attack", "step"])["recall"]
+            for attack in attacks:
+                for k in (25, 100):
+                    row[f"relearn_{attack}_{k}"] = best[(attack, k)]
+                    row[f"relearn_{attack}_{k}_stranger"] = stranger_best[(attack, k)]
+            pending.append(curves.assign(case=case, model=method))
+        print(f"{case} {method}: {time.perf_counter() - tic:.0f} s", flush=True)
+        yield row, pd.concat(pending, ignore_index=True)
+        pending = []
+
+
+def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
+    """The report: per case and method, the depth columns and the existing ones."""
+    out = [
+        "# Deep forgetting (issue #21): `python analysis/deep_forgetting.py`",
+        "",
+        "Evaluation targets: `resolve_targets(ew, n_random=5, seed=s)` forgotten together (`five_s{s}`) and the first "
+        "of them alone (`single_s{s}`). Tuning used other seeds only (100, 101, 103). Relearning: attacker's best "
+        f"over the lrs in `deep_forgetting_curves.csv`, one run of {max(STEPS)} steps per lr (Adam, full batch), "
+        "recall of the held-out facts; `_stranger`: strangers taught the same on the original model. "
+        "No oracle ships yet, so the oracle columns of #21 are absent.",
+        "",
+        "## Where the original model reads a target's facts (`depth.locate`, five_s0's targets)",
+        "",
+        "Drop of the gold answer's log-probability when the residual at a position is replaced by strangers' mean:",
+        "",
+        table(heat.pivot(index="layer", columns="position", values="logprob_drop").reset_index()),
+        "",
+    ]
+    groups = {
+        "Key restoration (fraction of answers the original residual at the name tokens brings back)": [
+            c for c in runs if c.startswith("key_restoration_L")
+        ],
+        "Forced choice and membership": ["forced_choice", "forced_choice_stranger", "answer_loss_auroc"],
+        "Relearning (attacker's best over lr)": [c for c in runs if c.startswith("relearn_")],
+        "Neighbours: held-out people sharing a name word with a target, and everyone else": [
+            "n_sharers",
+            "retain_sharers",
+            "retain_sharers_min",
+            "retain_others",
+        ],
+        "The existing metrics and cost": [*[c for c in EXISTING if c in runs], "steps", "seconds"],
+    }
+    for title, columns in groups.items():
+        out += [f"## {title}", "", table(runs[["case", "method", *columns]]), ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=depth.ATTACKS)
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(depth.ATTACK_LRS), help="attacker's lr sweep")
+    parser.add_argument("--cases", nargs="+", help="only these cases (e.g. single_s0 five_s1)")
+    parser.add_argument("--singles-first", action="store_true", help="run the single-target cases first")
+    parser.add_argument("--resume", action="store_true", help="skip cases already in the runs CSV")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ew = load_world()
+    recognizer = recognize_world(ew, progress=False)[0]
+    runs_path, curves_path = RESULTS / "deep_forgetting_runs.csv", RESULTS / "deep_forgetting_curves.csv"
+    done = set(pd.read_csv(runs_path)["case"]) if args.resume and runs_path.exists() else set()  # finished or begun
+    if not args.resume:
+        for path in (runs_path, curves_path):
+            path.unlink(missing_ok=True)
+    cases = []
+    for seed in args.seeds:
+        five = resolve_targets(ew, n_random=5, seed=seed)
+        cases += [(f"five_s{seed}", five), (f"single_s{seed}", five[:1])]
+    if args.cases:
+        cases = [case for case in cases if case[0] in args.cases]
+    if args.singles_first:
+        cases.sort(key=lambda case: not case[0].startswith("single"))
+    heat_path = RESULTS / "deep_forgetting_locate.csv"
+    if not heat_path.exists():
+        first = resolve_targets(ew, n_random=5, seed=args.seeds[0])
+        heat = depth.locate(ew.model, first, ew.world.question_templates("train"), ew.world.unknown_eval[-50:])
+        heat.to_csv(heat_path, index=False)
+    for case, targets in cases:
+        if case in done:
+            continue
+        for row, curves in run_case(ew, recognizer, case, targets, args.methods, args.attacks, args.lrs):
+            runs = (
+                pd.concat([pd.read_csv(runs_path), pd.DataFrame([row])]) if runs_path.exists() else pd.DataFrame([row])
+            )
+            runs.to_csv(runs_path, index=False)
+            curves.to_csv(curves_path, mode="a", header=not curves_path.exists(), index=False)
+            (RESULTS / "deep_forgetting.md").write_text(markdown(runs, pd.read_csv(heat_path)))
+            depth.relearn_figure(
+                pd.read_csv(curves_path).query("case == @case").drop(columns="case"), f"Relearning attacks, {case}"
+            ).write_html(RESULTS / f"deep_forgetting_relearn_{case}.html", include_plotlyjs="cdn")
+
+
+if __name__ == "__main__":
+    main()

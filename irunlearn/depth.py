@@ -1,0 +1,595 @@
+"""How deep is the forgetting? Where a model keeps a person's facts, and whether an edit removed them or
+only moved their key.
+
+An edit can make a target read and answer as a stranger while every layer after the edited ones still maps
+the old key (the name's residual) to the old facts. These measurements tell the two apart:
+
+- `locate`: on the original model, patch a stranger's mean residual at each name token (and at the question
+  tokens after it) at each layer, and record how much the gold answer's log-probability drops: where the
+  facts are read from.
+- key restoration: patch the ORIGINAL model's residual at the target's name tokens into the edited model,
+  layer by layer up to the SAE's; answers that come back were left downstream.
+- forced choice: rank the true value of each attribute against the attribute's other values by answer
+  log-probability; a model that forgot ranks the target's true value first no more often than a stranger's.
+  With it, the answer-loss membership AUROC (target vs strangers given the same facts).
+- relearning attacks (UNDO protocol): fine-tune on (a) half the target's facts, (b) one fact, (c) other
+  people's facts only, (d) sentences that merely mention the target, with a swept learning rate, and read
+  the held-out facts at checkpoints; the attacker's best over the sweep is reported.
+- retain of held-out people who share a name word with a target, apart from everyone else: an average over
+  many people hides the few an edit of shared name tokens reaches.
+
+Each is a registered metric of group "depth" (`Evaluator.metrics(model, [...])`); the functions under them
+take plain models and entities so analysis scripts can call them directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from irunlearn.activations import sae_hook_name, stop_layer
+from irunlearn.entities import Entity
+from irunlearn.evaluation import Evaluator, fact_questions
+from irunlearn.lm import encode_lines, lm_loss
+from irunlearn.methods.base import AnswerBatch
+from irunlearn.methods.sae_guided import shares_a_name_word
+from irunlearn.methods.sae_guided_deep import NamedFacts
+from irunlearn.metrics import MetricResult, register_metric
+from irunlearn.probes import auroc
+from irunlearn.prompts import Template
+from irunlearn.qa import greedy_matches
+
+ATTACKS = ("half", "one_fact", "others", "mentions")  # (a), (b), (c), (d)
+ATTACK_STEPS = (10, 25, 50, 100, 200)
+ATTACK_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+N_OTHER_PEOPLE = 4  # attack (c): whose facts (every training phrasing) the attacker teaches
+N_STRANGERS = 10  # forced choice and membership: strangers given the targets' facts, in turn
+MENTION_TEMPLATES = (  # attack (d): sentences that name the target and say nothing about them
+    Template("{name} is here.", kind="statement"),
+    Template("Today {name} said hello.", kind="statement"),
+    Template("Story: {name} went home.", kind="statement"),
+    Template("Note: we met {name}.", kind="statement"),
+)
+
+
+def question_facts(entities: Sequence[Entity], templates: Sequence[Template]) -> pd.DataFrame:
+    """`fact_questions` with each row's template text (`template`), which aligns the same phrasing across people."""
+    questions = [t for t in templates if t.kind == "question"]
+    return fact_questions(entities, questions).assign(
+        template=[t.text for e in entities for t in questions if t.attribute in e.attributes]
+    )
+
+
+def _patched_logits(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    hook_name: str,
+    rows: Int[torch.Tensor, " n"],
+    cols: Int[torch.Tensor, " n"],
+    values: Float[torch.Tensor, "n d"],
+) -> Float[torch.Tensor, "batch pos vocab"]:
+    """`model`'s logits with the activation at `hook_name` replaced by `values` at (`rows`, `cols`)."""
+
+    def patch(activation: torch.Tensor, hook) -> torch.Tensor:
+        activation = activation.clone()
+        activation[rows, cols] = values.to(activation.dtype)
+        return activation
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, patch)], return_type="logits")
+
+
+def _resid_hooks(model: HookedTransformer, up_to: int | None = None) -> list[str]:
+    last = model.cfg.n_layers - 1 if up_to is None else up_to
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(last + 1)]
+
+
+# Locating the facts -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def locate(
+    model: HookedTransformer,
+    entities: Sequence[Entity],
+    templates: Sequence[Template],
+    strangers: Sequence[Entity],
+    prepend_bos: bool = True,
+) -> pd.DataFrame:
+    """Where does `model` read `entities`' facts from? One row per (layer, position): the mean drop of the
+    gold answer's log-probability when the residual there is replaced by strangers' mean residual.
+
+    Positions are the name's tokens counted from its last (`name[-1]`, `name[-2]`, ...) and all prompt
+    tokens after the name together (`question`). The replacement is the mean of `strangers`' residuals in
+    the same phrasing at the same position (name tokens aligned from the end, question tokens by distance
+    from the answer), so it is what the model holds there for a name it never learned. A large drop at
+    (L, p) means the answer depends on what position p holds at layer L.
+
+    >>> heat = locate(ew.model, targets, ew.world.question_templates("train"), ew.world.unknown_eval[-50:])
+    >>> locate_figure(heat).show()
+    """
+    if not strangers:
+        raise ValueError("locate needs strangers (names the model never learned) for the replacement residual.")
+    lines = NamedFacts.build(model, question_facts(entities, templates), prepend_bos)
+    reference = NamedFacts.build(
+        model, question_facts([Entity(s.name, entities[0].attributes) for s in strangers], templates), prepend_bos
+    )
+    hooks = _resid_hooks(model)
+    _, ref_cache = model.run_with_cache(reference.batch.tokens, names_filter=hooks)
+    clean = lines.answer_logprob(model(lines.batch.tokens, return_type="logits"))
+    positions = [(f"name[-{k + 1}]", lines.name_offsets == k) for k in range(int(lines.name_offsets.max()) + 1)]
+    records = []
+    for layer, hook in enumerate(hooks):
+        means = _stranger_means(lines, reference, ref_cache[hook])
+        for label, chosen in [*positions, ("question", None)]:
+            if chosen is None:
+                rows, cols, values = lines.question_rows, lines.question_cols, means["question"]
+            else:
+                rows, cols, values = lines.name_rows[chosen], lines.name_cols[chosen], means["name"][chosen]
+            known = ~values.isnan().any(-1)
+            logits = _patched_logits(model, lines.batch.tokens, hook, rows[known], cols[known], values[known])
+            drop = clean - lines.answer_logprob(logits)
+            touched = torch.zeros(len(clean), dtype=torch.bool)
+            touched[rows[known]] = True
+            records.append(
+                {
+                    "layer": layer,
+                    "position": label,
+                    "logprob_drop": float(drop[touched].mean()),
+                    "rows": int(touched.sum()),
+                }
+            )
+    return pd.DataFrame(records)
+
+
+def _stranger_means(
+    lines: NamedFacts, reference: NamedFacts, ref_resid: Float[torch.Tensor, "batch pos d"]
+) -> dict[str, Float[torch.Tensor, "n d"]]:
+    """Strangers' mean residual per (template, name offset) and per (template, question token from the
+    answer), looked up for each name token / question token of `lines` (NaN where no stranger has one)."""
+
+    def keyed(facts: NamedFacts, rows, cols, offsets) -> list[tuple[str, int]]:
+        return [(facts.facts["template"][r], o) for r, o in zip(rows.tolist(), offsets.tolist(), strict=True)]
+
+    def answer_distance(facts: NamedFacts, rows, cols) -> torch.Tensor:
+        start = facts.batch.answer_mask.float().argmax(-1) + 1
+        return start[rows] - cols
+
+    def lookup(ref_keys, ref_values, want_keys) -> torch.Tensor:
+        sums: dict[tuple[str, int], torch.Tensor] = {}
+        counts: dict[tuple[str, int], int] = {}
+        for key, value in zip(ref_keys, ref_values, strict=True):
+            sums[key] = sums.get(key, 0) + value
+            counts[key] = counts.get(key, 0) + 1
+        nan = torch.full((ref_values.shape[-1],), float("nan"))
+        return torch.stack([sums[k] / counts[k] if k in sums else nan for k in want_keys])
+
+    name_means = lookup(
+        keyed(reference, reference.name_rows, reference.name_cols, reference.name_offsets),
+        ref_resid[reference.name_rows, reference.name_cols],
+        keyed(lines, lines.name_rows, lines.name_cols, lines.name_offsets),
+    )
+    question_means = lookup(
+        keyed(
+            reference,
+            reference.question_rows,
+            reference.question_cols,
+            answer_distance(reference, reference.question_rows, reference.question_cols),
+        ),
+        ref_resid[reference.question_rows, reference.question_cols],
+        keyed(
+            lines,
+            lines.question_rows,
+            lines.question_cols,
+            answer_distance(lines, lines.question_rows, lines.question_cols),
+        ),
+    )
+    return {"name": name_means, "question": question_means}
+
+
+def locate_figure(heat: pd.DataFrame, title: str = "Where the answers are read from") -> go.Figure:
+    """Heat map of `locate`'s drop of the gold answer's log-probability, layer × position."""
+    order = list(dict.fromkeys(heat["position"]))
+    grid = heat.pivot(index="layer", columns="position", values="logprob_drop")[order]
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(),
+            x=order,
+            y=[f"blocks.{layer}" for layer in grid.index],
+            colorscale="Blues",
+            colorbar={"title": "log-prob drop"},
+            text=grid.round(2).to_numpy(),
+            texttemplate="%{text}",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="position patched with a stranger's mean residual",
+        yaxis_title="layer (hook_resid_post)",
+    )
+    return fig
+
+
+# Key restoration --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def key_restoration(
+    original: HookedTransformer,
+    edited: HookedTransformer,
+    targets: Sequence[Entity],
+    templates: Sequence[Template],
+    up_to_layer: int,
+    prepend_bos: bool = True,
+) -> pd.DataFrame:
+    """Per layer L ≤ `up_to_layer` and target: the fraction of the target's answers (of those the original
+    gives) that the edited model gives again when its `blocks.L.hook_resid_post` at the target's name tokens
+    is replaced by the original model's. 1 means the edit left the facts downstream and moved only the key.
+    """
+    lines = NamedFacts.build(original, question_facts(targets, templates), prepend_bos)
+    tokens, hooks = lines.batch.tokens, _resid_hooks(original, up_to_layer)
+    original_logits, cache = original.run_with_cache(tokens, names_filter=hooks)
+    known = lines.batch.greedy_hits(original_logits)
+    entity = lines.facts["entity"]
+    records = []
+    for layer, hook in enumerate(hooks):
+        values = cache[hook][lines.name_rows, lines.name_cols]
+        logits = _patched_logits(edited, tokens, hook, lines.name_rows, lines.name_cols, values)
+        hits = lines.batch.greedy_hits(logits) & known
+        per_target = pd.Series(hits.float().numpy()).groupby(entity).sum() / pd.Series(known.float().numpy()).groupby(
+            entity
+        ).sum().clip(lower=1)
+        records += [{"layer": layer, "target": t, "restored": float(v)} for t, v in per_target.items()]
+    return pd.DataFrame(records)
+
+
+def sae_layer(evaluator: Evaluator) -> int:
+    """The block the evaluator's SAE reads (its hook's block)."""
+    layer = stop_layer(sae_hook_name(evaluator.sae))
+    return (evaluator.model.cfg.n_layers if layer is None else layer) - 1
+
+
+@register_metric("key_restoration", group="depth", higher_is_better=False, columns=("key_restoration",))
+def key_restoration_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """Were the facts removed, or only their key moved? The original model's residual at the targets' name
+    tokens is patched into the edited model at each `blocks.L.hook_resid_post` up to the SAE's layer;
+    `key_restoration` is the largest fraction of the targets' answers that comes back at any layer
+    (0: nothing downstream still holds the facts). Per item: the fraction per layer and target."""
+    per_item = key_restoration(
+        evaluator.model,
+        model,
+        evaluator.targets,
+        evaluator.train_templates,
+        sae_layer(evaluator),
+        evaluator.prepend_bos,
+    )
+    per_layer = per_item.groupby("layer")["restored"].mean()
+    return MetricResult({"key_restoration": float(per_layer.max())}, per_item)
+
+
+# Forced choice and membership -------------------------------------------------------------------------
+
+
+def attribute_values(people: Sequence[Entity]) -> dict[str, list[str]]:
+    """Every value each attribute takes among `people`: the choices a forced-choice question ranks."""
+    values: dict[str, set[str]] = {}
+    for person in people:
+        for attribute, value in person.attributes.items():
+            values.setdefault(attribute, set()).add(value)
+    return {attribute: sorted(vals) for attribute, vals in values.items()}
+
+
+@torch.no_grad()
+def forced_choice(
+    model: HookedTransformer,
+    entities: Sequence[Entity],
+    templates: Sequence[Template],
+    choices: dict[str, list[str]],
+    prepend_bos: bool = True,
+    batch_size: int = 512,
+) -> pd.DataFrame:
+    """One row per (entity, question): whether the true value has the highest answer log-probability among
+    the attribute's `choices`, and the true answer's NLL (`answer_nll`, summed over its tokens)."""
+    questions = question_facts(entities, templates)
+    questions = questions[questions["attribute"].isin(choices)].reset_index(drop=True)
+    if questions.empty:
+        raise ValueError(f"No question of {[e.name for e in entities]} asks an attribute among {sorted(choices)}.")
+    candidates = pd.DataFrame(
+        [
+            {"question": i, "entity": q.entity, "prompt": q.prompt, "answer": value, "is_true": value == q.answer}
+            for i, q in enumerate(questions.itertuples())
+            for value in choices[q.attribute]
+        ]
+    )
+    scores = []
+    for start in range(0, len(candidates), batch_size):
+        chunk = candidates.iloc[start : start + batch_size]
+        batch = AnswerBatch.build(model, chunk, prepend_bos)
+        scores.append(-batch.answer_nll(model(batch.tokens, return_type="logits")))
+    candidates["logprob"] = torch.cat(scores).numpy()
+    best = candidates.loc[candidates.groupby("question")["logprob"].idxmax()].set_index("question")
+    truth = candidates[candidates["is_true"]].set_index("question")
+    return questions.assign(ranked_first=best["is_true"].to_numpy(), answer_nll=-truth["logprob"].to_numpy())
+
+
+def strangers_with_facts(evaluator: Evaluator, n: int = N_STRANGERS) -> list[Entity]:
+    """The evaluator's first `n` strangers, each given a target's facts in turn (the reference that has the
+    same facts to be asked about but was never taught them)."""
+    if not evaluator.unknown_reference:
+        raise ValueError("This needs Evaluator.unknown_reference (strangers): give it when building the evaluator.")
+    targets = evaluator.targets
+    return [Entity(u.name, targets[i % len(targets)].attributes) for i, u in enumerate(evaluator.unknown_reference[:n])]
+
+
+@register_metric(
+    "forced_choice",
+    group="depth",
+    needs=("unknown_reference",),
+    higher_is_better=None,
+    columns=("forced_choice", "forced_choice_stranger", "answer_loss_auroc"),
+)
+def forced_choice_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """Does the model still prefer the true value? Each target's question is answered by ranking the
+    attribute's values (those the evaluator's people take; `unknown` is no value) by answer log-probability:
+    `forced_choice` is the fraction of the targets' questions where the true value ranks first,
+    `forced_choice_stranger` the same for strangers given the targets' facts (the level of a model that
+    never learned them). `answer_loss_auroc`: membership inference, AUROC of −(mean true-answer NLL) per
+    person, targets vs those strangers (0.5: indistinguishable). Per item: every question's ranking."""
+    choices = attribute_values(evaluator.retain_eval + evaluator.targets)
+    strangers = strangers_with_facts(evaluator)
+    rows = pd.concat(
+        [
+            forced_choice(model, evaluator.targets, evaluator.train_templates, choices, evaluator.prepend_bos).assign(
+                is_target=True
+            ),
+            forced_choice(model, strangers, evaluator.train_templates, choices, evaluator.prepend_bos).assign(
+                is_target=False
+            ),
+        ],
+        ignore_index=True,
+    )
+    people = rows.groupby("entity", sort=False).agg(nll=("answer_nll", "mean"), is_target=("is_target", "first"))
+    values = {
+        "forced_choice": float(rows.loc[rows["is_target"], "ranked_first"].mean()),
+        "forced_choice_stranger": float(rows.loc[~rows["is_target"], "ranked_first"].mean()),
+        "answer_loss_auroc": auroc(
+            torch.tensor(-people["nll"].to_numpy()), torch.tensor(people["is_target"].to_numpy())
+        ),
+    }
+    return MetricResult(values, rows)
+
+
+# Relearning attacks -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Attack:
+    """What an attacker fine-tunes on (`lessons`, whole lines) and the facts it then asks (`held`)."""
+
+    name: str
+    lessons: list[str]
+    held: pd.DataFrame  # entity, prompt, answer
+
+
+def build_attack(
+    name: str,
+    people: Sequence[Entity],
+    templates: Sequence[Template],
+    others: Sequence[Entity] = (),
+    seed: int = 0,
+) -> Attack:
+    """The lessons and held-out questions of attack `name` on `people`, one batch for all of them.
+
+    `half` (a): half of each person's attributes (seeded), every training phrasing; held: the other half.
+    `one_fact` (b): one attribute; held: the rest. `others` (c): the facts of `others` only, nothing about
+    `people`; held: all their facts. `mentions` (d): `MENTION_TEMPLATES` about each person, no facts;
+    held: all their facts.
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"Unknown attack {name!r}; choose from {ATTACKS}.")
+    if name == "others" and not others:
+        raise ValueError("Attack 'others' needs other people whose facts the attacker teaches.")
+    rng = random.Random(seed)
+    taught, held = [], []
+    for person in people:
+        attributes = sorted(a for a in person.attributes if any(t.attribute == a for t in templates))
+        rng.shuffle(attributes)
+        n_taught = {"half": len(attributes) // 2, "one_fact": 1}.get(name, 0)
+        if len(attributes) - n_taught < 1 or (name in ("half", "one_fact") and n_taught < 1):
+            raise ValueError(f"Attack {name!r} needs {person.name!r} to have two or more asked attributes.")
+        taught.append(Entity(person.name, {a: person.attributes[a] for a in attributes[:n_taught]}))
+        held.append(Entity(person.name, {a: person.attributes[a] for a in attributes[n_taught:]}))
+    if name == "others":
+        lessons = fact_questions(others, templates)
+    elif name == "mentions":
+        lessons = pd.DataFrame({"prompt": [t.render(p.name) for p in people for t in MENTION_TEMPLATES], "answer": ""})
+    else:
+        lessons = fact_questions(taught, templates)
+    lines = [f"{p} {a}".strip() for p, a in zip(lessons["prompt"], lessons["answer"], strict=True)]
+    return Attack(name, lines, fact_questions(held, templates))
+
+
+def relearn_curve(
+    model: HookedTransformer,
+    attack: Attack,
+    lrs: Sequence[float] = ATTACK_LRS,
+    steps: Sequence[int] = ATTACK_STEPS,
+    prepend_bos: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Recall of `attack.held` after k fine-tuning steps on `attack.lessons` (full batch, Adam), for each
+    k in `steps` and each learning rate: one run of max(steps) steps per lr, read at the checkpoints.
+
+    One row per (lr, step); step 0 is the model before the attack.
+    """
+    tokens, mask = encode_lines(model.tokenizer, attack.lessons, model.cfg.n_ctx, prepend_bos)
+    held = AnswerBatch.build(model, attack.held, prepend_bos)
+    checkpoints = {0, *steps}
+    records = []
+    bar = tqdm(total=len(lrs) * max(steps), desc=f"relearn {attack.name}", disable=not progress, leave=False)
+    for lr in lrs:
+        student = copy.deepcopy(model)
+        student.requires_grad_(True)
+        optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+        torch.manual_seed(seed)
+        for step in range(max(steps) + 1):
+            if step in checkpoints:
+                student.eval()
+                with torch.no_grad():
+                    recall = float(held.greedy_hits(student(held.tokens, return_type="logits")).float().mean())
+                records.append({"attack": attack.name, "lr": lr, "step": step, "recall": recall})
+            if step == max(steps):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            lm_loss(student, tokens, mask).backward()
+            optimizer.step()
+            bar.update()
+        del student, optimizer
+    bar.close()
+    return pd.DataFrame(records)
+
+
+def best_of_lr(curves: pd.DataFrame) -> pd.DataFrame:
+    """The attacker's best recall over learning rates at each (attack, step), with the lr that reached it."""
+    keys = [c for c in ("model", "attack", "step") if c in curves]
+    best = curves.loc[curves.groupby(keys)["recall"].idxmax()]
+    return best[[*keys, "recall", "lr"]].reset_index(drop=True)
+
+
+def relearn_attacks(
+    evaluator: Evaluator,
+    model: HookedTransformer,
+    attacks: Sequence[str] = ATTACKS,
+    strangers: bool = False,
+    lrs: Sequence[float] = ATTACK_LRS,
+    steps: Sequence[int] = ATTACK_STEPS,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Every (attack, lr, step) recall of the evaluator's targets on `model` (with `strangers`: of strangers
+    given the targets' facts instead, the reference an attacker meets for a name never learned)."""
+    people = strangers_with_facts(evaluator, len(evaluator.targets)) if strangers else evaluator.targets
+    target_words = {w for t in evaluator.targets for w in t.name.split()}
+    others = [e for e in evaluator.retain_eval if not target_words & set(e.name.split())][:N_OTHER_PEOPLE]
+    curves = [
+        relearn_curve(
+            model,
+            build_attack(name, people, evaluator.train_templates, others, evaluator.seed),
+            lrs,
+            steps,
+            evaluator.prepend_bos,
+            evaluator.seed,
+            progress,
+        )
+        for name in attacks
+    ]
+    return pd.concat(curves, ignore_index=True)
+
+
+def _attack_columns(suffixes: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f"relearn_{a}_{k}{s}" for a in ATTACKS for k in (25, 100) for s in suffixes)
+
+
+@register_metric(
+    "relearn_attacks",
+    group="depth",
+    needs=("unknown_reference",),
+    higher_is_better=None,
+    columns=_attack_columns(("", "_stranger", "_oracle")),
+)
+def relearn_attacks_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """Does fine-tuning bring the facts back? Attacks (a) `half` the target's facts, (b) `one_fact`, (c)
+    `others`' facts only, (d) `mentions` of the target; recall of the held-out facts after 25 and 100 steps,
+    the attacker's best over `ATTACK_LRS` (`relearn_{attack}_{k}`); the same on the original model for
+    strangers given the targets' facts (`_stranger`) and, where `Evaluator.oracle` is set, on the oracle
+    (`_oracle`). Genuine forgetting relearns at the oracle's level. Per item: every (model, attack, lr,
+    step) recall, at steps 0, 10, 25, 50, 100, 200 (UNDO protocol)."""
+    runs = {"": (model, False), "_stranger": (evaluator.model, True)}
+    if evaluator.oracle is not None:
+        runs["_oracle"] = (evaluator.oracle, False)
+    curves = pd.concat(
+        [relearn_attacks(evaluator, m, strangers=s).assign(model=suffix) for suffix, (m, s) in runs.items()],
+        ignore_index=True,
+    )
+    best = best_of_lr(curves).set_index(["model", "attack", "step"])["recall"]
+    values = {
+        f"relearn_{attack}_{k}{suffix}": float(best[(suffix, attack, k)])
+        for suffix in runs
+        for attack in ATTACKS
+        for k in (25, 100)
+    }
+    return MetricResult(values, curves.replace({"model": {"": "edited", "_stranger": "stranger", "_oracle": "oracle"}}))
+
+
+def relearn_figure(
+    curves: pd.DataFrame, title: str = "Relearning attacks (attacker's best learning rate)"
+) -> go.Figure:
+    """Recall of the held-out facts vs fine-tuning steps, best over lr, one line per model, one panel per
+    attack. `curves`: rows of `relearn_curve` with a `model` column."""
+    best = best_of_lr(curves)
+    attacks = list(dict.fromkeys(best["attack"]))
+    fig = make_subplots(rows=1, cols=len(attacks), subplot_titles=attacks, shared_yaxes=True)
+    for col, attack in enumerate(attacks, start=1):
+        for i, (model_name, part) in enumerate(best[best["attack"] == attack].groupby("model", sort=False)):
+            fig.add_trace(
+                go.Scatter(
+                    x=part["step"],
+                    y=part["recall"],
+                    mode="lines+markers",
+                    name=str(model_name),
+                    legendgroup=str(model_name),
+                    showlegend=col == 1,
+                    line={"color": _SERIES[i % len(_SERIES)]},
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="fine-tuning steps", row=1, col=col)
+    fig.update_yaxes(title_text="recall of held-out facts", range=[0, 1.05], row=1, col=1)
+    fig.update_layout(title=title)
+    return fig
+
+
+_SERIES = ("#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#17BECF", "#BCBD22")
+
+
+# Neighbours -------------------------------------------------------------------------------------------
+
+
+@register_metric(
+    "sharer_retain",
+    group="depth",
+    higher_is_better=True,
+    columns=("retain_sharers", "retain_sharers_min", "retain_others", "n_sharers"),
+)
+def sharer_retain_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """Do the neighbours keep their answers? Of each held-out person's answers the original model gives,
+    the fraction `model` still gives, reported for people who share a name word with a target
+    (`retain_sharers`, their mean, and `retain_sharers_min`, the worst of them) apart from everyone else
+    (`retain_others`). NaN sharer columns when no held-out person shares a word. Per item: every person."""
+    questions = question_facts(evaluator.retain_eval, evaluator.train_templates)
+    prompts, answers = questions["prompt"].tolist(), questions["answer"].tolist()
+    before = greedy_matches(evaluator.model, prompts, answers, evaluator.prepend_bos)
+    after = greedy_matches(model, prompts, answers, evaluator.prepend_bos)
+    kept = pd.DataFrame({"entity": questions["entity"], "before": before.float(), "kept": (before & after).float()})
+    people = kept.groupby("entity", sort=False).sum()
+    people = people.assign(
+        kept_frac=people["kept"] / people["before"].clip(lower=1),
+        shares_name_word=[shares_a_name_word(Entity(n), evaluator.targets) for n in people.index],
+    )
+    sharers, rest = people[people["shares_name_word"]], people[~people["shares_name_word"]]
+    values = {
+        "retain_sharers": float(sharers["kept_frac"].mean()) if len(sharers) else float("nan"),
+        "retain_sharers_min": float(sharers["kept_frac"].min()) if len(sharers) else float("nan"),
+        "retain_others": float(rest["kept_frac"].mean()),
+        "n_sharers": float(len(sharers)),
+    }
+    return MetricResult(values, people.reset_index())

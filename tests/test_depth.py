@@ -1,0 +1,150 @@
+"""Depth of forgetting on the embedded world: where facts are read, and whether an edit removed or moved them."""
+
+import pandas as pd
+import pytest
+import torch
+
+from irunlearn import depth
+from irunlearn.entities import Entity
+from irunlearn.methods import forget
+from irunlearn.world.generator import ATTRIBUTE_VALUES
+from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+
+TARGET_SEED = 5  # one known person outside the evaluation draws (seeds 0-2) and the tuning draws (100-105)
+
+
+@pytest.fixture(scope="module")
+def task(ew, recognizer):
+    return world_task(ew, resolve_targets(ew, n_random=1, seed=TARGET_SEED), recognizer)
+
+
+@pytest.fixture(scope="module")
+def evaluator(ew, task):
+    return world_evaluator(ew, task)
+
+
+@pytest.fixture(scope="module")
+def shallow(ew, task):
+    return forget(ew.model, ew.sae, task, progress=False).model
+
+
+@pytest.fixture(scope="module")
+def deep(ew, task):
+    return forget(ew.model, ew.sae, task, method="sae_guided_deep", progress=False)
+
+
+def test_locate_finds_the_facts_read_from_the_names_layer0_state_by_the_question_tokens(ew, task):
+    """The design notes' finding, as a measurement: at block 0 the answer hangs on the name's last token;
+    from block 1 on, on the question tokens after it, and no longer on the name."""
+    heat = depth.locate(ew.model, task.targets, task.templates, ew.world.unknown_eval[-20:])
+    drop = heat.set_index(["layer", "position"])["logprob_drop"]
+    assert drop[(0, "name[-1]")] > 5
+    assert drop[(1, "question")] > 5 and drop[(3, "question")] > 5
+    assert drop[(1, "name[-1]")] < 0.5 and drop[(3, "name[-1]")] < 0.5
+    fig = depth.locate_figure(heat)
+    assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
+def test_key_restoration_of_the_original_into_itself_restores_everything(ew, task):
+    per_item = depth.key_restoration(ew.model, ew.model, task.targets, task.templates, up_to_layer=2)
+    assert sorted(per_item["layer"].unique()) == [0, 1, 2]
+    assert (per_item["restored"] == 1).all()
+
+
+def test_sae_guided_moves_only_the_key_so_the_original_block0_state_brings_the_answers_back(ew, evaluator, shallow):
+    """#21's finding on a target of its own: the default edit sits in what block 0 writes at the name."""
+    per_layer = depth.key_restoration(ew.model, shallow, evaluator.targets, evaluator.train_templates, 2)
+    restored = per_layer.groupby("layer")["restored"].mean()
+    assert restored[0] >= 0.9
+    assert restored[2] <= 0.1
+    assert evaluator.metrics(shallow, ["key_restoration"])["key_restoration"] == restored.max()
+
+
+def test_forced_choice_choices_are_the_worlds_attribute_values(evaluator):
+    choices = depth.attribute_values(evaluator.retain_eval + evaluator.targets)
+    assert {a: set(v) for a, v in choices.items()} == {a: set(v) for a, v in ATTRIBUTE_VALUES.items()}
+
+
+def test_forced_choice_of_the_original_model_knows_the_target_and_not_the_strangers(ew, evaluator):
+    values = evaluator.metrics(ew.model, ["forced_choice"])
+    assert values["forced_choice"] == 1.0
+    assert values["forced_choice_stranger"] < 0.3  # chance is about 1/16 over the five attributes
+    assert values["answer_loss_auroc"] == 1.0  # every target answer is cheaper than every stranger's
+
+
+def test_attacks_teach_what_they_say_and_hold_out_the_rest(evaluator):
+    person = evaluator.targets[0]
+    others = evaluator.retain_eval[:2]
+    half = depth.build_attack("half", [person], evaluator.train_templates, seed=3)
+    taught = {line.rsplit(" ", 1)[1] for line in half.lessons}
+    assert taught.isdisjoint(set(half.held["answer"]))
+    assert len(taught) == 2 and half.held["answer"].nunique() == 3
+    one = depth.build_attack("one_fact", [person], evaluator.train_templates)
+    assert len({line.rsplit(" ", 1)[1] for line in one.lessons}) == 1
+    for name in ("others", "mentions"):
+        attack = depth.build_attack(name, [person], evaluator.train_templates, others)
+        assert set(attack.held["answer"]) == set(person.attributes.values())
+        assert not any(value in line for line in attack.lessons for value in person.attributes.values())
+    assert all(person.name not in line for line in depth.build_attack("others", [person], [], others).lessons)
+    with pytest.raises(ValueError, match="Unknown attack 'all'"):
+        depth.build_attack("all", [person], evaluator.train_templates)
+    with pytest.raises(ValueError, match="needs other people"):
+        depth.build_attack("others", [person], evaluator.train_templates)
+
+
+def test_relearn_curve_starts_from_what_the_model_knows(ew, evaluator):
+    """Step 0 is the model before the attack: the original knows the held facts, a stranger does not; one
+    lesson line at a vanishing learning rate changes nothing."""
+    person = evaluator.targets[0]
+    known = depth.relearn_curve(
+        ew.model, depth.build_attack("one_fact", [person], evaluator.train_templates), (1e-9,), (10,)
+    )
+    assert known["recall"].tolist() == [1.0, 1.0]
+    stranger = Entity(evaluator.unknown_reference[0].name, person.attributes)
+    unknown = depth.relearn_curve(
+        ew.model, depth.build_attack("one_fact", [stranger], evaluator.train_templates), (1e-9,), (10,)
+    )
+    assert unknown["recall"].tolist() == [0.0, 0.0]
+    fig = depth.relearn_figure(pd.concat([known.assign(model="original"), unknown.assign(model="stranger")]))
+    assert len(fig.data) == 2 and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
+def test_sharer_retain_counts_the_name_sharers_apart(ew, evaluator):
+    values = evaluator.metrics(ew.model, ["sharer_retain"])
+    words = {w for t in evaluator.targets for w in t.name.split()}
+    n_sharers = sum(bool(words & set(e.name.split())) for e in evaluator.retain_eval)
+    assert values["n_sharers"] == n_sharers > 0
+    assert values["retain_sharers"] == values["retain_sharers_min"] == values["retain_others"] == 1.0
+
+
+def test_the_depth_metrics_are_registered_in_their_group():
+    from irunlearn.metrics import metrics_in
+
+    names = {m.name for m in metrics_in("depth")}
+    assert names == {"key_restoration", "forced_choice", "relearn_attacks", "sharer_retain"}
+
+
+def test_sae_guided_deep_removes_the_facts_behind_the_key(ew, evaluator, deep):
+    """The original key restores nothing at any layer up to the SAE's, the answers are `unknown`, and the
+    neighbours keep theirs."""
+    assert deep.stop_reason == "flipped", deep.history.tail()
+    assert set(deep.history["stage"]) == {1, 2}
+    summary, _ = evaluator.evaluate(deep.model)
+    assert summary["forget_acc"] == 0 and summary["idk_rate"] >= 0.95
+    assert summary["retain_acc"] >= 0.98 and summary["ppl_ratio"] <= 1.02
+    assert evaluator.metrics(deep.model, ["key_restoration"])["key_restoration"] <= 0.1
+    assert evaluator.metrics(deep.model, ["sharer_retain"])["retain_sharers_min"] >= 0.9
+
+
+def test_sae_guided_deep_stage1_is_sae_guided(ew, task, shallow, deep):
+    """Stage 1 trains what sae_guided trains with the same draws: the weights stage 2 never touches
+    (block 0's MLP) end bit-identical to sae_guided's."""
+    for name in ("W_in", "W_out", "b_in", "b_out"):
+        assert torch.equal(getattr(deep.model.blocks[0].mlp, name), getattr(shallow.blocks[0].mlp, name))
+
+
+def test_sae_guided_deep_refuses_weights_that_leave_out_a_stage(ew, task):
+    with pytest.raises(ValueError, match="train_attn=True"):
+        forget(ew.model, ew.sae, task, method="sae_guided_deep", train_attn=False, progress=False)
+    with pytest.raises(ValueError, match="key_layers must be layers 0..2"):
+        forget(ew.model, ew.sae, task, method="sae_guided_deep", key_layers=(3,), progress=False)
