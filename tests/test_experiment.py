@@ -33,10 +33,10 @@ METRICS = {
 }
 
 
-def own_model_forget(model, sae, rows, unknown_names, target):
-    """The README snippet (after `import irunlearn`)."""
+def own_model_forget(model, sae, rows, unknown_names, target, **settings):
+    """The README snippet (after `import irunlearn`); `settings` (e.g. fewer steps) go to `run`."""
     bench = irunlearn.EntityBench.from_frame(rows, unknown_names=unknown_names)
-    results = irunlearn.run(bench, model, sae, methods=["sae_guided", "grad_ascent"], targets=[target])
+    results = irunlearn.run(bench, model, sae, methods=["sae_guided", "grad_ascent"], targets=[target], **settings)
     return results.summary
 
 
@@ -105,7 +105,7 @@ def test_own_rows_on_a_tiny_local_llama_run_end_to_end(tmp_path):
     bench = EntityBench.from_frame(rows, unknown_names=unknown)
     readings = bench.recognizer(model, sae, progress=False).p_known(model, sae, people, bench.train_templates)
     target = readings.sort_values("p_known_sae")["entity"].iloc[-1]  # a random model knows no one: the likeliest
-    summary = own_model_forget(model, sae, rows, unknown, target)
+    summary = own_model_forget(model, sae, rows, unknown, target, max_steps=3, progress=False)
     assert set(summary.columns) >= METRICS
     assert set(summary["method"]) == {"sae_guided", "grad_ascent"}
 
