@@ -431,7 +431,7 @@ def relearn_curve(
 
     One row per (lr, step); step 0 is the model before the attack.
     """
-    tokens, mask = encode_lines(model.tokenizer, attack.lessons, model.cfg.n_ctx, prepend_bos)
+    tokens, mask = encode_lines(model.tokenizer, attack.lessons, model.cfg.n_ctx, prepend_bos, device=model.cfg.device)
     held = AnswerBatch.build(model, attack.held, prepend_bos)
     checkpoints = {0, *steps}
     records = []

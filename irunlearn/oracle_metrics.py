@@ -197,7 +197,7 @@ def model_utility_metric(evaluator: Evaluator, model: HookedTransformer) -> Metr
 
 @torch.no_grad()
 def _next_token_accuracy(model: HookedTransformer, texts: Sequence[str], prepend_bos: bool) -> float:
-    tokens, mask = encode_lines(model.tokenizer, texts, model.cfg.n_ctx, prepend_bos)
+    tokens, mask = encode_lines(model.tokenizer, texts, model.cfg.n_ctx, prepend_bos, device=model.cfg.device)
     predicted = model(tokens, return_type="logits")[:, :-1].argmax(-1)
     real = mask[:, 1:]
     return float(((predicted == tokens[:, 1:]) & real).sum() / real.sum())
@@ -217,7 +217,7 @@ def min_k_scores(
 ) -> Float[torch.Tensor, " n"]:
     """Min-K% Prob per line: minus the mean of the lowest `k` fraction of its token log-probabilities (higher
     = less likely = less member-like). Follows open-unlearning `mia/min_k.py::MinKProbAttack.compute_score`."""
-    tokens, mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, prepend_bos)
+    tokens, mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, prepend_bos, device=model.cfg.device)
     nll = token_nll(model(tokens, return_type="logits"), tokens, mask)
     scores = []
     for row, real in zip(nll, mask[:, 1:], strict=True):

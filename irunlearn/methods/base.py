@@ -381,7 +381,7 @@ class CollapseGuard:
         rows = sorted(rng.sample(range(len(facts)), min(config.guard_lines, len(facts))))
         answers = AnswerBatch.build(model, facts.iloc[rows], task.prepend_bos, task.answer_eos)
         text = rng.sample(task.retain_text, min(config.guard_lines, len(task.retain_text)))
-        tokens, mask = encode_lines(model.tokenizer, text, model.cfg.n_ctx, task.prepend_bos)
+        tokens, mask = encode_lines(model.tokenizer, text, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device)
         guard = cls(answers, tokens, mask, config.guard_min_retain, config.guard_max_ppl_ratio)
         accuracy, guard.original_nll = guard._readings(model)
         guard.original = (accuracy, 1.0)

@@ -180,7 +180,9 @@ class SAEGuidedDeep(SAEGuided):
             sharer_facts = sharer_facts.sample(cfg.n_sharer_lines * cfg.retain_pool, random_state=cfg.seed)
         lines = [f"{p} {a}" for p, a in zip(sharer_facts["prompt"], sharer_facts["answer"], strict=True)]
         self.sharer_tokens, self.sharer_mask = (
-            encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos) if lines else (None, None)
+            encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device)
+            if lines
+            else (None, None)
         )
         with torch.no_grad():
             _, cache = model.run_with_cache(self.idk.batch.tokens, names_filter=self.key_hooks)
