@@ -90,7 +90,8 @@ def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
         "# Deep forgetting (issue #21): `python analysis/deep_forgetting.py`",
         "",
         "Evaluation targets: `resolve_targets(ew, n_random=5, seed=s)` forgotten together (`five_s{s}`) and the first "
-        "of them alone (`single_s{s}`). Tuning used other seeds only (100, 101, 103). Relearning: attacker's best "
+        "of them alone (`single_s{s}`). Tuning used other seeds only (single targets of seeds 100 and 101). "
+        "Relearning: attacker's best "
         f"over the lrs in `deep_forgetting_curves.csv`, one run of {max(STEPS)} steps per lr (Adam, full batch), "
         "recall of the held-out facts; `_stranger`: strangers taught the same on the original model. "
         "No oracle ships yet, so the oracle columns of #21 are absent.",
