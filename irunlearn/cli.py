@@ -176,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
 
 def cmd_report(args: argparse.Namespace) -> dict:
     from irunlearn.methods import forget
-    from irunlearn.report import forgetting_report, metrics_table
+    from irunlearn.report import evaluate_runs, forgetting_report
     from irunlearn.world.artifacts import load_world
     from irunlearn.world.recognition import recognize_world
     from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
@@ -190,10 +190,23 @@ def cmd_report(args: argparse.Namespace) -> dict:
         forget(ew.model, ew.sae, task, method=method, seed=args.seed, progress=not args.quiet)
         for method in args.methods
     ]
-    summaries = [evaluator.evaluate(r.model, genuineness=True)[0] for r in results]
-    metrics = metrics_table(results, summaries)
+    metrics = evaluate_runs(evaluator, results, genuineness=True, progress=not args.quiet)
     path = forgetting_report(
-        args.out, ew.model, ew.sae, recognizer, results, ew.world.entities, metrics, force=args.force
+        args.out,
+        ew.model,
+        ew.sae,
+        recognizer,
+        results,
+        ew.world.entities,
+        metrics,
+        force=args.force,
+        seed=args.seed,
+        progress=not args.quiet,
+        provenance={
+            "command": "irunlearn " + " ".join(sys.argv[1:]),
+            "world": str(ew.path),
+            "evaluator seed": args.seed,
+        },
     )
     if not args.json:
         columns = [

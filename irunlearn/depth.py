@@ -137,7 +137,7 @@ def locate(
             known = ~values.isnan().any(-1)
             logits = _patched_logits(model, lines.batch.tokens, hook, rows[known], cols[known], values[known])
             drop = clean - lines.answer_logprob(logits)
-            touched = torch.zeros(len(clean), dtype=torch.bool)
+            touched = torch.zeros(len(clean), dtype=torch.bool, device=clean.device)
             touched[rows[known]] = True
             records.append(
                 {
@@ -169,7 +169,7 @@ def _stranger_means(
         for key, value in zip(ref_keys, ref_values, strict=True):
             sums[key] = sums.get(key, 0) + value
             counts[key] = counts.get(key, 0) + 1
-        nan = torch.full((ref_values.shape[-1],), float("nan"))
+        nan = torch.full((ref_values.shape[-1],), float("nan"), device=ref_values.device)
         return torch.stack([sums[k] / counts[k] if k in sums else nan for k in want_keys])
 
     name_means = lookup(
@@ -244,9 +244,9 @@ def key_restoration(
         values = cache[hook][lines.name_rows, lines.name_cols]
         logits = _patched_logits(edited, tokens, hook, lines.name_rows, lines.name_cols, values)
         hits = lines.batch.greedy_hits(logits) & known
-        per_target = pd.Series(hits.float().numpy()).groupby(entity).sum() / pd.Series(known.float().numpy()).groupby(
-            entity
-        ).sum().clip(lower=1)
+        per_target = pd.Series(hits.float().cpu().numpy()).groupby(entity).sum() / pd.Series(
+            known.float().cpu().numpy()
+        ).groupby(entity).sum().clip(lower=1)
         records += [{"layer": layer, "target": t, "restored": float(v)} for t, v in per_target.items()]
     return pd.DataFrame(records)
 
@@ -314,7 +314,7 @@ def forced_choice(
         chunk = candidates.iloc[start : start + batch_size]
         batch = AnswerBatch.build(model, chunk, prepend_bos)
         scores.append(-batch.answer_nll(model(batch.tokens, return_type="logits")))
-    candidates["logprob"] = torch.cat(scores).numpy()
+    candidates["logprob"] = torch.cat(scores).cpu().numpy()
     best = candidates.loc[candidates.groupby("question")["logprob"].idxmax()].set_index("question")
     truth = candidates[candidates["is_true"]].set_index("question")
     return questions.assign(ranked_first=best["is_true"].to_numpy(), answer_nll=-truth["logprob"].to_numpy())
@@ -361,7 +361,8 @@ def forced_choice_metric(evaluator: Evaluator, model: HookedTransformer) -> Metr
         "forced_choice": float(rows.loc[rows["is_target"], "ranked_first"].mean()),
         "forced_choice_stranger": float(rows.loc[~rows["is_target"], "ranked_first"].mean()),
         "answer_loss_auroc": auroc(
-            torch.tensor(-people["nll"].to_numpy()), torch.tensor(people["is_target"].to_numpy())
+            torch.tensor(-people["nll"].to_numpy(), device=model.cfg.device),
+            torch.tensor(people["is_target"].to_numpy(), device=model.cfg.device),
         ),
     }
     return MetricResult(values, rows)

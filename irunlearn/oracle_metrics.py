@@ -236,8 +236,8 @@ def mia_auc(evaluator: Evaluator, model: HookedTransformer) -> tuple[float, pd.D
         for p, a in zip([*forget["prompt"], *holdout["prompt"]], [*forget["answer"], *holdout["answer"]], strict=True)
     ]
     scores = min_k_scores(model, lines, MIN_K, evaluator.prepend_bos)
-    is_holdout = torch.tensor([0] * len(forget) + [1] * len(holdout))
-    per_item = pd.DataFrame({"line": lines, "is_holdout": is_holdout.numpy(), "min_k": scores.numpy()})
+    is_holdout = torch.tensor([0] * len(forget) + [1] * len(holdout), device=scores.device)
+    per_item = pd.DataFrame({"line": lines, "is_holdout": is_holdout.cpu().numpy(), "min_k": scores.cpu().numpy()})
     return auroc(scores, is_holdout), per_item
 
 

@@ -110,20 +110,27 @@ class QuestionBatch:
         names = [e.name for e in entities for _ in task.templates]
         located = entity_token_positions(model.tokenizer, prompts, names, task.prepend_bos)
         width = max(len(ids) for ids, _ in located)
-        tokens = torch.tensor([ids + [pad_id(model.tokenizer)] * (width - len(ids)) for ids, _ in located])
+        device = model.cfg.device
+        tokens = torch.tensor(
+            [ids + [pad_id(model.tokenizer)] * (width - len(ids)) for ids, _ in located], device=device
+        )
         rows, cols, keys = torch.tensor(
             [
                 (row, col, (row % len(task.templates)) * model.cfg.n_ctx + len(ids) - col)
                 for row, (ids, name_pos) in enumerate(located)
                 for col in range(name_pos + 1, len(ids))
-            ]
+            ],
+            device=device,
         ).T
-        return cls(EntityBatch(tokens, torch.tensor([pos for _, pos in located])), rows, cols, keys)
+        return cls(EntityBatch(tokens, torch.tensor([pos for _, pos in located], device=device)), rows, cols, keys)
 
     def select(self, index: Int[torch.Tensor, " m"]) -> tuple[QuestionBatch, Bool[torch.Tensor, " n"]]:
         """The questions at `index` (in that order), and which of the question tokens they keep."""
+        index = index.to(self.rows.device)
         kept = torch.isin(self.rows, index)
-        renumber = torch.full((len(self.names.positions),), -1).index_copy(0, index, torch.arange(len(index)))
+        renumber = torch.full((len(self.names.positions),), -1, device=index.device).index_copy(
+            0, index, torch.arange(len(index), device=index.device)
+        )
         names = EntityBatch(self.names.tokens[index], self.names.positions[index])
         return QuestionBatch(names, renumber[self.rows[kept]], self.cols[kept], self.keys[kept]), kept
 
@@ -153,8 +160,8 @@ class SAEGuided(Method):
         self.n_target_rows = len(self.questions.names.positions)
         # every (target, template) row is read once per cycle of `n_turns` steps; `flipped` keeps its last reading
         self.n_turns = min(math.ceil(self.n_target_rows / cfg.target_rows), len(task.templates))
-        self.turn, self.order = 0, torch.empty(0, dtype=torch.long)
-        self.flipped = torch.zeros(self.n_target_rows, dtype=torch.bool)
+        self.turn, self.order = 0, torch.empty(0, dtype=torch.long, device=model.cfg.device)
+        self.flipped = torch.zeros(self.n_target_rows, dtype=torch.bool, device=model.cfg.device)
         self.use_context = cfg.context and bool(task.unknown)
         if cfg.context and not task.unknown:
             warnings.warn("ForgetTask.unknown is empty: sae_guided runs without its context term.", stacklevel=2)
@@ -208,7 +215,7 @@ class SAEGuided(Method):
         batch = QuestionBatch.build(model, self.task, people)
         latents = self._question_latents(model, batch)
         keys, slot = batch.keys.unique(return_inverse=True)
-        sums = torch.zeros(len(keys), latents.shape[1]).index_add_(0, slot, latents)
+        sums = torch.zeros(len(keys), latents.shape[1], device=latents.device).index_add_(0, slot, latents)
         return keys, sums / torch.bincount(slot)[:, None]
 
     def step(self, model: HookedTransformer) -> StepOutput:
@@ -219,7 +226,7 @@ class SAEGuided(Method):
         detach = _detached_at(questions.token_mask())
         with model.hooks(fwd_hooks=[(name, detach) for name in self.detach_at] if self.use_context else []):
             acts = forward_to_hook(model, questions.names.tokens, self.hook_name)
-        resid = acts[torch.arange(len(target_rows)), questions.names.positions]
+        resid = acts[torch.arange(len(target_rows), device=acts.device), questions.names.positions]
         latents = self.sae.encode(resid)
         retain_latents = self.sae.encode(self.retain_batch.rows(retain_rows).read(model, self.hook_name))
         dist_unknown, dist_known = recognizer.distances(latents, self.subset)
@@ -248,7 +255,7 @@ class SAEGuided(Method):
             with torch.no_grad():
                 question_flipped = q_dist_unknown < q_dist_known
             per_target["question_flipped"] = (
-                pd.Series(question_flipped.float().numpy()).groupby(names, sort=False).mean().to_numpy()
+                pd.Series(question_flipped.float().cpu().numpy()).groupby(names, sort=False).mean().to_numpy()
             )
             flipped &= question_flipped
         self.flipped[target_rows] = flipped
@@ -267,7 +274,7 @@ class SAEGuided(Method):
         """L_act's question-token part: mean ‖q_r(θ) − q_r(θ₀)‖² / ‖μ_U − μ_K‖² over the question tokens of a
         fresh draw of `hold_question_rows` of the held people's questions (what their answers are read from)."""
         draw = torch.randperm(len(self.held.names.positions), generator=self.generator)
-        questions, kept = self.held.select(draw[: self.config.hold_question_rows].sort().values)
+        questions, kept = self.held.select(draw[: self.config.hold_question_rows].sort().values.to(self.gap.device))
         drift = self._question_latents(model, questions) - self.held_latents[kept]
         return drift.square().sum(-1).mean() / self.gap
 
@@ -276,17 +283,21 @@ class SAEGuided(Method):
         of them, the next share of a per-cycle shuffle of each target's templates (seeded)."""
         n_targets, n_templates = len(self.task.targets), len(self.task.templates)
         if self.turn == 0:
-            self.order = torch.rand(n_targets, n_templates, generator=self.generator).argsort(-1)
+            self.order = (
+                torch.rand(n_targets, n_templates, generator=self.generator).argsort(-1).to(self.flipped.device)
+            )
         share = math.ceil(n_templates / self.n_turns)
         templates = self.order[:, self.turn * share : (self.turn + 1) * share]
         self.turn = (self.turn + 1) % self.n_turns
-        return (torch.arange(n_targets)[:, None] * n_templates + templates).flatten().sort().values
+        rows = torch.arange(n_targets, device=templates.device)[:, None] * n_templates + templates
+        return rows.flatten().sort().values
 
     def _retain_draw(self) -> tuple[Int[torch.Tensor, " n_retain"], Int[torch.Tensor, " n_lines"]]:
         """This step's retain entity rows and retain lines: a fresh random share of the pool (seeded)."""
+        device = self.lm_tokens.device
         retain_rows = torch.randperm(len(self.retain_latents), generator=self.generator)[: self.n_retain_rows]
         lm_rows = torch.randperm(len(self.lm_tokens), generator=self.generator)[: self.n_lm_rows]
-        return retain_rows, lm_rows
+        return retain_rows.to(device), lm_rows.to(device)
 
     def _question_distances(
         self,
@@ -321,7 +332,7 @@ def _hinge(
 
 def _per_row(rows: Int[torch.Tensor, " n"], values: Float[torch.Tensor, " n"]) -> Float[torch.Tensor, " rows"]:
     """Sum of `values` per row index."""
-    return torch.zeros(int(rows.max()) + 1).index_add(0, rows, values)
+    return torch.zeros(int(rows.max()) + 1, device=values.device).index_add(0, rows, values)
 
 
 def _detached_at(mask: torch.Tensor):

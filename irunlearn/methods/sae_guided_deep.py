@@ -79,15 +79,18 @@ class NamedFacts:
             for col in range(last + 1 + bos, int(answer_start[row])):
                 question_rows.append(row)
                 question_cols.append(col)
-        long = torch.long
+
+        def index(values: list[int]) -> Int[torch.Tensor, " n"]:
+            return torch.tensor(values, dtype=torch.long, device=batch.tokens.device)
+
         return cls(
             batch,
             facts.reset_index(drop=True),
-            torch.tensor(name_rows, dtype=long),
-            torch.tensor(name_cols, dtype=long),
-            torch.tensor(name_offsets, dtype=long),
-            torch.tensor(question_rows, dtype=long),
-            torch.tensor(question_cols, dtype=long),
+            index(name_rows),
+            index(name_cols),
+            index(name_offsets),
+            index(question_rows),
+            index(question_cols),
         )
 
     def answer_logprob(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
@@ -97,8 +100,11 @@ class NamedFacts:
     def name_tokens_of(self, index: Int[torch.Tensor, " k"]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For the lines at `index` (in that order): which name tokens they hold (a mask over `name_rows`),
         and those tokens' (row, col) renumbered to the selection."""
+        index = index.to(self.name_rows.device)
         kept = torch.isin(self.name_rows, index)
-        renumber = torch.full((len(self.batch.tokens),), -1).index_copy(0, index, torch.arange(len(index)))
+        renumber = torch.full((len(self.batch.tokens),), -1, device=index.device).index_copy(
+            0, index, torch.arange(len(index), device=index.device)
+        )
         return kept, renumber[self.name_rows[kept]], self.name_cols[kept]
 
 
@@ -235,6 +241,7 @@ class SAEGuidedDeep(SAEGuided):
         )
         if self.sharer_tokens is not None:
             draw = torch.randperm(len(self.sharer_tokens), generator=self.generator)[: cfg.n_sharer_lines]
+            draw = draw.to(self.sharer_tokens.device)
             # λ_keep · (L_keep + λ_sharers / λ_keep · L_sharers) = λ_keep · L_keep + λ_sharers · L_sharers
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * kl_to_reference(
                 model(self.sharer_tokens[draw], return_type="logits"), self.sharer_ref[draw], self.sharer_mask[draw]
