@@ -288,8 +288,8 @@ def extraction_strength(hits: torch.Tensor) -> float:
 @register_metric("extraction_strength", group="oracle", higher_is_better=False)
 def extraction_strength_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
     """Extraction strength on the targets' training questions: how much of the true answer's end the model
-    completes greedily, given the rest (see `extraction_strength`), averaged over questions; the oracle's
-    level is 0 (it answers `unknown`).
+    completes greedily, given the rest (see `extraction_strength`), averaged over questions. The oracle's level
+    is the reference, not 0: given the first token of a multi-token answer, its last is often predictable.
 
     Follows open-unlearning `memorization.py::extraction_strength` on the answer tokens (no end-of-sequence).
     """
