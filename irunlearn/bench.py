@@ -161,8 +161,6 @@ class EntityBench:
         """Targets by name (each a known entity of the bench) or `n_random` known entities drawn with `seed`."""
         if names and n_random:
             raise ValueError("Give target names or a number of random targets, not both.")
-        if n_random < 0:
-            raise ValueError(f"n_random must be ≥ 0, got {n_random}.")
         if n_random:
             return self.entities.sample_known(n_random, seed)
         if not names:
@@ -171,7 +169,7 @@ class EntityBench:
         for name in names:
             if not name or not name.strip():
                 raise ValueError("A target name is empty: give the entity's name as the bench spells it.")
-            if name not in self.entities or not self.entities.is_known(name):
+            if not self.entities.is_known(name):  # an unknown name: `get` names it, with similar ones
                 raise ValueError(
                     f"{name!r} is not a known entity of bench {self.name!r} (the model was never shown to know "
                     "it): choose one of bench.entities.known, or add its questions with from_frame."
@@ -216,9 +214,7 @@ class EntityBench:
         retain_eval = [e for e in self.retain_eval if e.name not in targets]
         if n_retain_eval is not None:
             if n_retain_eval > len(retain_eval):
-                raise ValueError(
-                    f"n_retain_eval={n_retain_eval}, but only {len(retain_eval)} held-out entities are left."
-                )
+                raise ValueError(f"n_retain_eval={n_retain_eval}, but only {len(retain_eval)} held-out entities left.")
             retain_eval = random.Random(seed).sample(retain_eval, n_retain_eval)
         if not retain_eval:
             raise ValueError(f"Bench {self.name!r} has no held-out known entity left to measure retain on.")

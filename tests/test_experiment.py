@@ -98,6 +98,7 @@ def test_own_rows_on_a_tiny_local_llama_run_end_to_end(tmp_path):
             for q, a, split in (
                 ("Q: In which country is the city of {}? A:", ["France", "Japan"][i % 2], "train"),
                 ("Q: Where is {} found? A:", ["France", "Japan"][i % 2], "heldout"),
+                ("Q: Which language is spoken in {}? A:", ["French", "Japanese"][i % 2], "train"),
             )
         ]
     )

@@ -32,7 +32,14 @@ from irunlearn.io import atomic_dir, check_output_dir
 from irunlearn.methods import METHODS, ForgetConfig, forget
 from irunlearn.methods.base import ForgetTask, RollbackWarning, run
 from irunlearn.methods.grad_ascent import GradAscent, GradAscentConfig
-from irunlearn.world.artifacts import DEFAULT_ARTIFACTS, MANIFEST, MANIFEST_DIGEST, CorruptArtifactError, load_world
+from irunlearn.world.artifacts import (
+    DEFAULT_ARTIFACTS,
+    MANIFEST,
+    MANIFEST_DIGEST,
+    CorruptArtifactError,
+    load_world,
+    verify_artifacts,
+)
 from irunlearn.world.tasks import resolve_targets, world_task
 
 WEIGHT_EDITING = sorted(name for name, cls in METHODS.items() if not cls.inference_only)
@@ -172,9 +179,20 @@ def flip_a_byte(file, offset: int = -10) -> None:
 
 
 def test_shipped_manifest_lists_every_file_and_is_sealed():
-    manifest = json.loads((DEFAULT_ARTIFACTS / MANIFEST).read_text())
-    on_disk = {str(p.relative_to(DEFAULT_ARTIFACTS)) for p in DEFAULT_ARTIFACTS.rglob("*") if p.is_file()}
-    assert set(manifest) == on_disk - {MANIFEST, MANIFEST_DIGEST}
+    """Every file of the world is listed, but those of a subfolder sealed by its own manifest (the oracles),
+    which verify on their own."""
+    sealed = [DEFAULT_ARTIFACTS, *(p.parent for p in DEFAULT_ARTIFACTS.glob(f"*/*/{MANIFEST}"))]
+    for folder in sealed:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        nested = [other for other in sealed if folder in other.parents]
+        on_disk = {
+            str(p.relative_to(folder))
+            for p in folder.rglob("*")
+            if p.is_file() and not any(n in p.parents for n in nested)
+        }
+        assert set(manifest) == on_disk - {MANIFEST, MANIFEST_DIGEST}, folder
+        verify_artifacts(folder)
+    assert len(sealed) == 4  # the world and its three oracles
     load_world(verify=True)
 
 

@@ -99,16 +99,17 @@ class ForgetTask:
     ) -> tuple[EntityBatch, list[str]]:
         """(entity × template) contexts, batched, with the entity name of each row.
 
-        Every template by default; with `templates_per_entity`, that many drawn per entity (seeded).
+        Every template by default; with `templates_per_entity`, that many drawn per entity (seeded; every
+        template when there are fewer).
         """
         rng = random.Random(seed)
-        rows = [
-            (t.prefix(e.name), e.name)
-            for e in entities
-            for t in (
-                self.templates if templates_per_entity is None else rng.sample(self.templates, templates_per_entity)
-            )
-        ]
+
+        def drawn() -> list[Template]:
+            if templates_per_entity is None:
+                return self.templates
+            return rng.sample(self.templates, min(templates_per_entity, len(self.templates)))
+
+        rows = [(t.prefix(e.name), e.name) for e in entities for t in drawn()]
         prompts, names = zip(*rows, strict=True)
         return EntityBatch.build(model, prompts, names, self.prepend_bos), list(names)
 
