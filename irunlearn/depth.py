@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from irunlearn.activations import sae_hook_name, stop_layer
-from irunlearn.entities import Entity
+from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator, fact_questions
 from irunlearn.lm import encode_lines, lm_loss
 from irunlearn.methods.base import AnswerBatch
@@ -276,15 +276,6 @@ def key_restoration_metric(evaluator: Evaluator, model: HookedTransformer) -> Me
 
 
 # Forced choice and membership -------------------------------------------------------------------------
-
-
-def attribute_values(people: Sequence[Entity]) -> dict[str, list[str]]:
-    """Every value each attribute takes among `people`: the choices a forced-choice question ranks."""
-    values: dict[str, set[str]] = {}
-    for person in people:
-        for attribute, value in person.attributes.items():
-            values.setdefault(attribute, set()).add(value)
-    return {attribute: sorted(vals) for attribute, vals in values.items()}
 
 
 @torch.no_grad()

@@ -91,6 +91,16 @@ class EntitySet:
         return random.Random(seed).sample(pool, n)
 
 
+def attribute_values(people: Iterable[Entity]) -> dict[str, list[str]]:
+    """Every value each attribute takes among `people`, sorted: the choices a forced-choice question ranks
+    and the candidates for perturbed answers where no fuller pool is known."""
+    values: dict[str, set[str]] = {}
+    for person in people:
+        for attribute, value in person.attributes.items():
+            values.setdefault(attribute, set()).add(value)
+    return {attribute: sorted(vals) for attribute, vals in values.items()}
+
+
 def _split(items: Sequence[Entity], frac: float, seed: int) -> tuple[list[Entity], list[Entity]]:
     if not 0.0 < frac < 1.0:
         raise ValueError(f"split fraction must be in (0, 1), got {frac}")

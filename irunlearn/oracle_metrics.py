@@ -23,7 +23,7 @@ from jaxtyping import Float
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from irunlearn.entities import Entity
+from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator, fact_questions
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.metrics import MetricResult, register_metric
@@ -41,11 +41,7 @@ def attribute_pools(evaluator: Evaluator) -> dict[str, list[str]]:
     generator's pools), else every value seen among the evaluator's targets and retain people."""
     if evaluator.attribute_values:
         return {attribute: sorted(values) for attribute, values in evaluator.attribute_values.items()}
-    pools: dict[str, set[str]] = {}
-    for entity in [*evaluator.targets, *evaluator.retain_eval]:
-        for attribute, value in entity.attributes.items():
-            pools.setdefault(attribute, set()).add(value)
-    return {attribute: sorted(values) for attribute, values in pools.items()}
+    return attribute_values([*evaluator.targets, *evaluator.retain_eval])
 
 
 def truth_ratios(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from irunlearn import depth
-from irunlearn.entities import Entity
+from irunlearn.entities import Entity, attribute_values
 from irunlearn.methods import forget
 from irunlearn.world.generator import ATTRIBUTE_VALUES
 from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
@@ -61,7 +61,7 @@ def test_sae_guided_moves_only_the_key_so_the_original_block0_state_brings_the_a
 
 
 def test_forced_choice_choices_are_the_worlds_attribute_values(evaluator):
-    choices = depth.attribute_values(evaluator.retain_eval + evaluator.targets)
+    choices = attribute_values(evaluator.retain_eval + evaluator.targets)
     assert {a: set(v) for a, v in choices.items()} == {a: set(v) for a, v in ATTRIBUTE_VALUES.items()}
 
 
