@@ -23,16 +23,19 @@ from jaxtyping import Float
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
+from irunlearn.depth import _patched_logits, _resid_hooks, question_facts
 from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator, fact_questions
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.metrics import MetricResult, register_metric
+from irunlearn.methods.sae_guided_deep import NamedFacts
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template
 from irunlearn.qa import answer_token_scores
 from irunlearn.recognition import Recognizer
 
 MIN_K = 0.4  # Min-K% Prob's k, as the issue asks (open-unlearning's MinKProbAttack defaults to 0.2)
+UDS_TAU = 0.05  # UDS's threshold on the stage-1 drop (nats) for a knowledge-encoding layer, as in its code
 
 
 def attribute_pools(evaluator: Evaluator) -> dict[str, list[str]]:
@@ -327,3 +330,76 @@ def oracle_probe_readings(
     theirs = oracle_recognizer.p_known(oracle, oracle_sae, names, templates)[["entity", "p_known_sae", "p_known_resid"]]
     theirs = theirs.rename(columns={"p_known_sae": "oracle_p_known_sae", "p_known_resid": "oracle_p_known_resid"})
     return mine.merge(theirs, on="entity").rename(columns={"entity": "target"})
+
+
+@torch.no_grad()
+def unlearning_depth(
+    original: HookedTransformer,
+    edited: HookedTransformer,
+    oracle: HookedTransformer,
+    targets: Sequence[Entity],
+    templates: Sequence[Template],
+    prepend_bos: bool = True,
+    tau: float = UDS_TAU,
+) -> pd.DataFrame:
+    """The Unlearning Depth Score's two patching stages, per (question, layer), and its per-question score.
+
+    Follows UDS (Lee, Kim & Jo, "Measuring the Depth of LLM Unlearning via Activation Patching", arXiv
+    2605.24614; github.com/gnueaj/unlearning-depth-score `compute_uds.py`). Stage 1 patches the oracle's
+    `blocks.L.hook_resid_post` into the original model and records the drop of the gold answer's
+    log-probability: layers where it exceeds `tau` encode what the oracle never learned (knowledge-encoding
+    layers). Stage 2 patches the edited model's residual instead. A layer's erasure ratio is
+    clip(drop₂ / drop₁, 0, 1), and a question's UDS is the stage-1-weighted mean of its ratios over its
+    knowledge-encoding layers: 1 when the edited model's residual carries no more of the answer than the
+    oracle's, 0 when patching it changes nothing. Deviations: the patch covers the target's name tokens
+    (where a person is looked up; the question's other tokens are the same text for everyone), and the
+    log-probability is summed over the answer's tokens with its end-of-sequence token. Patching across
+    models needs shared residual bases: the world's oracle is retrained from the same initialisation and
+    seed, and patching its residual into the original at other people's names keeps their answers (tested).
+
+    Columns: entity, prompt, layer, drop_oracle, drop_edited, erasure, uds (the question's score, repeated
+    on its layers; NaN where no layer encodes the answer).
+    """
+    lines = NamedFacts.build(original, question_facts(targets, templates), prepend_bos)
+    tokens, hooks = lines.batch.tokens, _resid_hooks(original)
+    clean = lines.answer_logprob(original(tokens, return_type="logits"))
+    _, oracle_cache = oracle.run_with_cache(tokens, names_filter=hooks)
+    _, edited_cache = edited.run_with_cache(tokens, names_filter=hooks)
+    rows, cols = lines.name_rows, lines.name_cols
+
+    def drop(cache, hook: str) -> Float[torch.Tensor, " batch"]:
+        patched = _patched_logits(original, tokens, hook, rows, cols, cache[hook][rows, cols])
+        return clean - lines.answer_logprob(patched)
+
+    frames = []
+    for layer, hook in enumerate(hooks):
+        first, second = drop(oracle_cache, hook), drop(edited_cache, hook)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "entity": lines.facts["entity"],
+                    "prompt": lines.facts["prompt"],
+                    "layer": layer,
+                    "drop_oracle": first.cpu().numpy(),
+                    "drop_edited": second.cpu().numpy(),
+                    "erasure": (second / first.clamp(min=1e-10)).clamp(0, 1).cpu().numpy(),
+                }
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
+    encoding = table[table["drop_oracle"] > tau]
+    weighted = (encoding["drop_oracle"] * encoding["erasure"]).groupby(encoding["prompt"]).sum()
+    score = weighted / encoding.groupby("prompt")["drop_oracle"].sum()
+    return table.assign(uds=table["prompt"].map(score))
+
+
+@register_metric("uds", group="oracle", needs=("oracle",), higher_is_better=True)
+def uds_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """The Unlearning Depth Score against the oracle (`unlearning_depth`), the mean over the targets'
+    training questions that some layer encodes: 1 = erased as deep as retraining, 0 = intact inside.
+    Per item: each question's per-layer drops and ratios."""
+    table = unlearning_depth(
+        evaluator.model, model, evaluator.oracle, evaluator.targets, evaluator.train_templates, evaluator.prepend_bos
+    )
+    scores = table.drop_duplicates("prompt")["uds"]
+    return MetricResult({"uds": float(scores.mean())}, table)

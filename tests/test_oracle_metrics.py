@@ -17,7 +17,9 @@ from irunlearn.oracle_metrics import (
     ks_2samp_exact,
     ks_2samp_pvalue,
     oracle_probe_readings,
+    unlearning_depth,
 )
+from irunlearn.world.oracle import load_oracle
 from irunlearn.world.generator import ATTRIBUTE_VALUES
 from irunlearn.world.tasks import world_evaluator, world_task
 
@@ -28,6 +30,7 @@ ORACLE_METRICS = {
     "privleak",
     "extraction_strength",
     "exact_memorization",
+    "uds",
 }
 
 
@@ -115,3 +118,29 @@ def test_probe_readings_side_by_side(ew, recognizer, self_oracle):
     assert list(frame["target"]) == [t.name for t in self_oracle.targets]
     np.testing.assert_allclose(frame["p_known_sae"], frame["oracle_p_known_sae"])
     assert (frame["p_known_sae"] > 0.5).all()  # the original reads its known people as known
+
+
+@pytest.fixture(scope="module")
+def forget01(ew, recognizer) -> Evaluator:
+    """forget01's evaluator with its shipped oracle."""
+    oracle = load_oracle("forget01", ew)
+    task = world_task(ew, oracle.forget, recognizer)
+    evaluator = world_evaluator(ew, task, n_retain_eval=20)
+    evaluator.oracle = oracle.model
+    return evaluator
+
+
+def test_the_oracles_residual_reads_in_the_worlds_basis(ew, forget01):
+    """Cross-model patching is meaningful only if the bases agree: the oracle's residual at other people's
+    names, patched into the original at every layer, must leave their answers as likely (measured: a mean
+    drop of 0.035 nats at block 0, under 0.002 above) while it removes the forgotten person's (10.4 nats)."""
+    retain = forget01.retain_eval[:10]
+    table = unlearning_depth(ew.model, ew.model, forget01.oracle, retain, forget01.train_templates)
+    assert table.groupby("layer")["drop_oracle"].mean().abs().max() < 0.1  # nats, summed over answer tokens
+    lines = unlearning_depth(ew.model, ew.model, forget01.oracle, forget01.targets, forget01.train_templates)
+    assert lines.loc[lines["layer"] == 0, "drop_oracle"].mean() > 5.0
+
+
+def test_uds_is_1_for_the_oracle_and_0_for_the_original(ew, forget01):
+    assert forget01.metrics(forget01.oracle, ["uds"])["uds"] == pytest.approx(1.0)
+    assert forget01.metrics(ew.model, ["uds"])["uds"] == pytest.approx(0.0, abs=1e-6)
