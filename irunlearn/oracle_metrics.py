@@ -27,8 +27,8 @@ from irunlearn.depth import _patched_logits, _resid_hooks, question_facts
 from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator, fact_questions
 from irunlearn.lm import encode_lines, token_nll
-from irunlearn.metrics import MetricResult, register_metric
 from irunlearn.methods.sae_guided_deep import NamedFacts
+from irunlearn.metrics import MetricResult, register_metric
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template
 from irunlearn.qa import answer_token_scores

@@ -19,8 +19,8 @@ from irunlearn.oracle_metrics import (
     oracle_probe_readings,
     unlearning_depth,
 )
-from irunlearn.world.oracle import load_oracle
 from irunlearn.world.generator import ATTRIBUTE_VALUES
+from irunlearn.world.oracle import load_oracle
 from irunlearn.world.tasks import world_evaluator, world_task
 
 ORACLE_METRICS = {
