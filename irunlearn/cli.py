@@ -160,9 +160,11 @@ def _run(args: argparse.Namespace, bench, model, sae, n_random: int, seeds: list
     import irunlearn
 
     overrides = {} if args.max_steps is None else {"max_steps": args.max_steps}
-    return irunlearn.run(
+    results = irunlearn.run(
         bench, model, sae, args.method, args.target or (), n_random, seeds, progress=not args.quiet, **overrides
     )
+    results.provenance["command"] = args.command_line
+    return results
 
 
 def cmd_recognize(args: argparse.Namespace) -> dict:
@@ -255,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
             n_random,
             args.seed,
             force=args.force,
-            provenance={"command": "irunlearn " + " ".join(sys.argv[1:]), "model argument": args.model},
+            provenance={"command": args.command_line},
             progress=not args.quiet,
             **({} if args.max_steps is None else {"max_steps": args.max_steps}),
         )
@@ -445,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = "irunlearn " + " ".join(argv)
         _check_outputs(args)
         result = args.func(args)
     except Exception as err:

@@ -205,8 +205,6 @@ class Source:
         kwargs = model_load_kwargs_for_sae(sae) if self.sae.kind == "registry" else {}
         model = load_model(self.model, **kwargs)
         check_pairing(model, sae)
-        if not hasattr(EntityBench, "from_records"):
-            raise NotImplementedError("This version has no EntityBench.from_records: real-model benches need it.")
         bench = EntityBench.from_records(self.kind, model, progress=progress)
         if self.questions is not None:
             bench = bench.with_rows(self.questions)

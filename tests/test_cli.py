@@ -1,7 +1,7 @@
 """The command line over any model: --model / --sae / --questions / --kind, report --from a saved run.
 
-World paths run for real (the world loads in seconds); the tiny local Llama and SmolLM2 paths need the
-records bench (`EntityBench.from_records`, `with_rows`) and skip without it; SmolLM2 is `real`.
+World paths run for real (the world loads in seconds); the SmolLM2 paths (`real`) run the records bench
+(`EntityBench.from_records("person", model)`, plus `with_rows` for a question file) from the CLI.
 """
 
 from __future__ import annotations
@@ -11,17 +11,14 @@ import re
 
 import pandas as pd
 import pytest
-from real_fixtures import save_tiny_llama
-from sae_lens import TopKSAE, TopKSAEConfig
 from test_experiment import world_rows
 
-from irunlearn import models
-from irunlearn.bench import EntityBench
 from irunlearn.cli import main
 from irunlearn.experiment import RunResults
+from irunlearn.real import fixture
 
-needs_records = pytest.mark.skipif(
-    not hasattr(EntityBench, "from_records"), reason="EntityBench.from_records / with_rows not in this version"
+needs_smollm2 = pytest.mark.skipif(
+    fixture.smollm2_path() is None, reason="SmolLM2 GGUF fixture absent: run `make real-fixture`"
 )
 
 
@@ -63,13 +60,13 @@ def test_report_renders_again_from_its_run_folder_without_a_model(ew, tmp_path, 
     target = ew.world.known[7].name
     out = tmp_path / "run"
     code, first = run_cli(
-        capsys, "report", "--target", target, "--method", "sae_guided,grad_ascent", "--max-steps", 3, "--out", out
+        capsys, "report", "--target", target, "--method", "sae_guided", "--max-steps", 3, "--out", out
     )
     assert code == 0, first
     page = (out / "index.html").read_text()
     saved = RunResults.load(out)
     assert saved.readings is not None and saved.recognizer is not None and saved.readings.targets == [target]
-    assert [row["method"] for row in first["rows"]] == ["sae_guided", "grad_ascent"]
+    assert [row["method"] for row in first["rows"]] == ["sae_guided"]
     assert "irunlearn report --target" in saved.provenance["command"]
 
     for where in ("irunlearn.load_world", "irunlearn.world.artifacts.load_world", "irunlearn.models.load_model"):
@@ -78,7 +75,7 @@ def test_report_renders_again_from_its_run_folder_without_a_model(ew, tmp_path, 
     assert code == 0, again
     redrawn = (tmp_path / "again" / "index.html").read_text()
     assert tables(redrawn) == tables(page) and len(tables(page)) == 4  # headline, full, glossary, provenance
-    assert redrawn.count("Plotly.newPlot(") == page.count("Plotly.newPlot(") >= 8
+    assert redrawn.count("Plotly.newPlot(") == page.count("Plotly.newPlot(") >= 7  # glance ... latents
     # in place: the page beside the run's files is replaced, the run still loads
     code, _ = run_cli(capsys, "report", "--from", out)
     assert code == 0 and tables((out / "index.html").read_text()) == tables(page)
@@ -182,31 +179,8 @@ def test_report_needs_out_or_from_and_from_needs_a_run_folder(tmp_path, capsys, 
 # Other models ----------------------------------------------------------------------------------------
 
 
-@needs_records
-def test_forget_on_a_tiny_local_llama_with_a_local_sae_and_questions(tmp_path, capsys):
-    folder = save_tiny_llama(tmp_path / "tiny-llama")
-    model = models.load_hf_folder(folder)
-    cfg = TopKSAEConfig(d_in=model.cfg.d_model, d_sae=128, k=8)
-    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
-    TopKSAE(cfg).save_model(tmp_path / "sae")
-    name = "Lyon Osaka"
-    rows = pd.DataFrame(
-        [
-            {"entity": name, "question": f"Q: In which country is the city of {name}? A:", "answer": "France"},
-            {"entity": name, "question": f"Q: Where is {name} found? A:", "answer": "France", "split": "heldout"},
-        ]
-    )
-    rows.to_csv(tmp_path / "q.csv", index=False)
-    code, out = run_cli(
-        capsys, "forget", "--model", folder, "--sae", tmp_path / "sae", "--questions", tmp_path / "q.csv",
-        "--target", name, "--max-steps", 2,
-    )  # fmt: skip
-    assert code == 0, out
-    assert out["targets"] == [name]
-
-
 @pytest.mark.real
-@needs_records
+@needs_smollm2
 def test_forget_elon_musk_on_smollm2(capsys):
     code, out = run_cli(capsys, "forget", "--model", "smollm2", "--target", "Elon Musk")
     assert code == 0, out
@@ -214,7 +188,7 @@ def test_forget_elon_musk_on_smollm2(capsys):
 
 
 @pytest.mark.real
-@needs_records
+@needs_smollm2
 def test_forget_a_person_in_no_record_on_smollm2_from_a_question_file(tmp_path, capsys):
     person = "Ada Lovelace"
     rows = pd.DataFrame(
