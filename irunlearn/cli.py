@@ -155,13 +155,22 @@ def _n_random(args: argparse.Namespace, default: int) -> int:
     return n
 
 
-def _run(args: argparse.Namespace, bench, model, sae, n_random: int, seeds: list[int]):
+def _run(args: argparse.Namespace, bench, model, sae, n_random: int, seeds: list[int], genuineness: bool):
     """`irunlearn.run` of the command's methods on its targets and seeds, with its step budget."""
     import irunlearn
 
     overrides = {} if args.max_steps is None else {"max_steps": args.max_steps}
     results = irunlearn.run(
-        bench, model, sae, args.method, args.target or (), n_random, seeds, progress=not args.quiet, **overrides
+        bench,
+        model,
+        sae,
+        args.method,
+        args.target or (),
+        n_random,
+        seeds,
+        genuineness=genuineness,
+        progress=not args.quiet,
+        **overrides,
     )
     results.provenance["command"] = args.command_line
     return results
@@ -209,7 +218,7 @@ def cmd_forget(args: argparse.Namespace) -> dict:
     if args.out and len(args.method) > 1:
         raise ValueError(f"--out saves one edited model: give one --method, not {len(args.method)}.")
     bench, model, sae = _source(args).load(progress=not args.quiet)
-    results = _run(args, bench, model, sae, n_random, [args.seed])
+    results = _run(args, bench, model, sae, n_random, [args.seed], genuineness=args.genuineness)
     if args.out:
         from irunlearn.edits import save_edit
 
@@ -226,7 +235,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
 
     n_random = _n_random(args, 1)
     bench, model, sae = _source(args).load(progress=not args.quiet)
-    results = _run(args, bench, model, sae, n_random, args.seeds)
+    results = _run(args, bench, model, sae, n_random, args.seeds, genuineness=True)
     table = summarise(results.summary)
     if args.out:
         results.save(args.out, force=args.force)
@@ -379,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_count, default=0, help="seed of the target draw, recognizer and method")
     method_option(p, "sae_guided")
     steps_option(p)
+    p.add_argument(
+        "--genuineness",
+        action="store_true",
+        help="also indistinguishability, generation health and relearning (compare and report always do)",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="save the edited model in this folder (one method) (default: not saved)"
     )
