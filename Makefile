@@ -22,7 +22,7 @@ setup: $(VENV)/.installed
 # The report's first screen (1400 × 1000) is also saved as reports/demo/first_screen.png (headless Chromium;
 # skipped with a message when none is installed).
 demo: setup
-	$(IRUNLEARN) report --random-targets 1 --seed 0 --methods sae_guided,grad_ascent --out reports/demo --force
+	$(IRUNLEARN) report --random-targets 1 --seed 0 --method sae_guided,grad_ascent --out reports/demo --force
 	$(PY) -c "from irunlearn.report import screenshot; screenshot('reports/demo/index.html', 'reports/demo/first_screen.png')"
 
 # The Gemma and SmolLM2 tests (marker `real`) run with `make test-real`: they need the fixtures and minutes.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -185,3 +186,21 @@ def encode_latents(
 ) -> Float[torch.Tensor, "n d_sae"]:
     """SAE latents (post-activation) of residual vectors."""
     return torch.cat([sae.encode(resid[i : i + batch_size]) for i in range(0, len(resid), batch_size)])
+
+
+def extraction_throughput(
+    model: HookedTransformer,
+    hook_name: str,
+    entities: Sequence[Entity],
+    templates: Sequence[Template],
+    prepend_bos: bool | None = None,
+) -> float:
+    """Prompt tokens per second of one timed `extract_activations` pass over every (entity × template).
+
+    What `irunlearn recognize` reports as `extract_tokens_per_s`: the cost of reading a model at the
+    entity token, on this machine, for the entities and templates at hand.
+    """
+    start = time.perf_counter()
+    acts = extract_activations(model, hook_name, entities, templates, prepend_bos=prepend_bos, progress=False)
+    n_tokens = int((acts.index["position"] + 1).sum())
+    return n_tokens / (time.perf_counter() - start)

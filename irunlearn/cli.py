@@ -11,12 +11,35 @@ from pathlib import Path
 from irunlearn import __version__
 from irunlearn.io import CorruptArtifactError, check_output_dir, check_output_file
 from irunlearn.methods import METHODS
+from irunlearn.sources import RECORD_KINDS
 
 EPILOG = """errors: a bad input (argument, name, path, corrupt file) exits with code 2, an internal error with
 code 1, each with a message naming the problem on stderr; with --json the message is printed on stdout as
 {"error": MESSAGE, "type": EXCEPTION_NAME} instead. Output paths (--out, --csv) are checked before any model
 is loaded."""
 USER_ERRORS = (ValueError, KeyError, OSError, CorruptArtifactError)  # OSError: paths (exists, not a folder, ...)
+MODEL_HELP = (
+    "'world' (the shipped embedded world), a built world folder, 'smollm2' or 'gemma3-270m' (offline "
+    "fixtures), a local HF folder, a GGUF file, or a TransformerLens registry name (default: world)"
+)
+SAE_HELP = (
+    "a shipped SAE ('smollm2', 'gemma3-270m'), a folder written by sae.save_model, or RELEASE/SAE_ID of "
+    "SAELens's registry (default: the world's own SAE, or the shipped SAE of a fixture model)"
+)
+REPORT_COLUMNS = (
+    "method",
+    "stop_reason",
+    "steps",
+    "seconds",
+    "forget_acc",
+    "paraphrase_forget_acc",
+    "idk_rate",
+    "retain_acc",
+    "probe_p_known_sae",
+    "probe_p_known_resid",
+    "ppl_ratio",
+    "relearn_acc",
+)
 
 
 class UsageError(ValueError):
@@ -69,7 +92,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _methods(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",")]
+    names = [part.strip() for part in text.split(",")] if text != "all" else list(METHODS)
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
@@ -110,13 +133,68 @@ def cmd_world_stats(args: argparse.Namespace) -> dict:
     return world_stats(load_world(args.path), progress=not args.quiet)
 
 
-def cmd_recognize(args: argparse.Namespace) -> dict:
-    from irunlearn.world.artifacts import load_world
-    from irunlearn.world.recognition import recognize_world
+def _source(args: argparse.Namespace):
+    """The checked `--model` / `--sae` / `--questions` / `--kind` of a command, its targets checked too
+    where that needs no model (`irunlearn.sources.Source`)."""
+    from irunlearn.sources import Source
 
-    ew = load_world(args.path)
-    recognizer, throughput = recognize_world(
-        ew, top_k=args.top_k, seed=args.seed, progress=not args.quiet, measure_throughput=True
+    source = Source.parse(args.model, args.sae, args.questions, args.kind)
+    source.check_targets(getattr(args, "target", None) or [])
+    return source
+
+
+def _n_random(args: argparse.Namespace, default: int) -> int:
+    """How many random targets to draw: 0 with --target names, else --random-targets (or `default`)."""
+    if args.target and args.random_targets:
+        raise ValueError("Give --target names or --random-targets N, not both.")
+    if args.target:
+        return 0
+    n = default if args.random_targets is None else args.random_targets
+    if n == 0:
+        raise ValueError("No targets: give --target NAME (repeatable) or --random-targets N.")
+    return n
+
+
+def _run(args: argparse.Namespace, bench, model, sae, n_random: int, seeds: list[int], genuineness: bool):
+    """`irunlearn.run` of the command's methods on its targets and seeds, with its step budget."""
+    import irunlearn
+
+    overrides = {} if args.max_steps is None else {"max_steps": args.max_steps}
+    results = irunlearn.run(
+        bench,
+        model,
+        sae,
+        args.method,
+        args.target or (),
+        n_random,
+        seeds,
+        genuineness=genuineness,
+        progress=not args.quiet,
+        **overrides,
+    )
+    results.provenance["command"] = args.command_line
+    return results
+
+
+def cmd_recognize(args: argparse.Namespace) -> dict:
+    from irunlearn.activations import extraction_throughput
+    from irunlearn.recognition import fit_recognizer
+
+    bench, model, sae = _source(args).load(progress=not args.quiet)
+    recognizer = fit_recognizer(
+        model,
+        sae,
+        bench.entities,
+        bench.train_templates,
+        bench.heldout_templates,
+        top_k=args.top_k,
+        seed=args.seed,
+        prepend_bos=model.cfg.default_prepend_bos,
+        generic_texts=bench.retain_text,
+        progress=not args.quiet,
+    )
+    throughput = extraction_throughput(
+        model, recognizer.hook_name, list(bench.entities), bench.train_templates, recognizer.prepend_bos
     )
     if args.out:
         recognizer.save(args.out, overwrite=args.force)
@@ -126,6 +204,7 @@ def cmd_recognize(args: argparse.Namespace) -> dict:
         return [{"latent": int(r["latent"]), "score": float(r[f"s_{which}"])} for r in frame.to_dict("records")]
 
     return {
+        "bench": bench.name,
         "hook_name": recognizer.hook_name,
         "top_known_latents": top("known"),
         "top_unknown_latents": top("unknown"),
@@ -135,94 +214,65 @@ def cmd_recognize(args: argparse.Namespace) -> dict:
 
 
 def cmd_forget(args: argparse.Namespace) -> dict:
-    from irunlearn.methods import forget
-    from irunlearn.world.artifacts import load_world
-    from irunlearn.world.recognition import recognize_world
-    from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
-
-    ew = load_world(args.path)
-    targets = resolve_targets(ew, args.target or (), args.random_targets, args.seed)
-    recognizer, _ = recognize_world(ew, seed=args.seed, progress=not args.quiet)
-    task = world_task(ew, targets, recognizer)
-    evaluator = world_evaluator(ew, task, seed=args.seed)
-    overrides = {"seed": args.seed, "progress": not args.quiet}
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    result = forget(ew.model, ew.sae, task, method=args.method, **overrides)
-    summary, per_target = evaluator.evaluate(result.model)
+    n_random = _n_random(args, 0)
+    if args.out and len(args.method) > 1:
+        raise ValueError(f"--out saves one edited model: give one --method, not {len(args.method)}.")
+    bench, model, sae = _source(args).load(progress=not args.quiet)
+    results = _run(args, bench, model, sae, n_random, [args.seed], genuineness=args.genuineness)
     if args.out:
         from irunlearn.edits import save_edit
 
-        save_edit(result, ew.model, args.out, force=args.force)
-    return {
-        "method": result.method,
-        "targets": result.targets,
-        "stop_reason": result.stop_reason,
-        "steps": result.steps,
-        "seconds": result.seconds,
-        **summary,
-        "per_target": per_target.to_dict(orient="records"),
-    }
+        save_edit(next(iter(results.edits.values())), model, args.out, force=args.force)
+    runs = []
+    for row in results.summary.to_dict("records"):
+        per_target = results.per_target[results.per_target["run"] == row["run"]].drop(columns=["run", "seed", "method"])
+        runs.append(row | {"per_target": per_target.to_dict(orient="records")})
+    return {"bench": bench.name, "targets": runs[0]["targets"].split(", "), "runs": runs}
 
 
 def cmd_compare(args: argparse.Namespace) -> dict:
-    from irunlearn.world.comparison import compare_world
+    from irunlearn.comparison import summarise
 
-    runs, table = compare_world(args.path, args.random_targets, args.seeds, args.methods, progress=not args.quiet)
+    n_random = _n_random(args, 1)
+    bench, model, sae = _source(args).load(progress=not args.quiet)
+    results = _run(args, bench, model, sae, n_random, args.seeds, genuineness=True)
+    table = summarise(results.summary)
+    if args.out:
+        results.save(args.out, force=args.force)
     if args.csv:
         table.to_csv(args.csv, index=False)
-    return {"rows": table.to_dict(orient="records"), "runs": runs.to_dict(orient="records")}
+    return {"rows": table.to_dict(orient="records"), "runs": results.summary.to_dict(orient="records")}
 
 
 def cmd_report(args: argparse.Namespace) -> dict:
-    from irunlearn.methods import forget
-    from irunlearn.report import evaluate_runs, forgetting_report
-    from irunlearn.world.artifacts import load_world
-    from irunlearn.world.recognition import recognize_world
-    from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+    from irunlearn.experiment import RunResults
+    from irunlearn.report import forgetting_report, render_report
 
-    ew = load_world(args.path)
-    targets = resolve_targets(ew, args.target or (), 0 if args.target else args.random_targets, args.seed)
-    recognizer, _ = recognize_world(ew, seed=args.seed, progress=not args.quiet)
-    task = world_task(ew, targets, recognizer)
-    evaluator = world_evaluator(ew, task, seed=args.seed)
-    results = [
-        forget(ew.model, ew.sae, task, method=method, seed=args.seed, progress=not args.quiet)
-        for method in args.methods
-    ]
-    metrics = evaluate_runs(evaluator, results, genuineness=True, progress=not args.quiet)
-    path = forgetting_report(
-        args.out,
-        ew.model,
-        ew.sae,
-        recognizer,
-        results,
-        ew.world.entities,
-        metrics,
-        force=args.force,
-        seed=args.seed,
-        progress=not args.quiet,
-        provenance={
-            "command": "irunlearn " + " ".join(sys.argv[1:]),
-            "world": str(ew.path),
-            "evaluator seed": args.seed,
-        },
-    )
+    if args.from_dir is not None:
+        path = render_report(args.from_dir, args.out, force=args.force)
+        metrics = RunResults.load(args.from_dir).summary
+    else:
+        if args.out is None:
+            raise ValueError("Give --out DIR (where the run folder and index.html go), or --from DIR.")
+        n_random = _n_random(args, 1)
+        bench, model, sae = _source(args).load(progress=not args.quiet)
+        path = forgetting_report(
+            args.out,
+            bench,
+            model,
+            sae,
+            args.method,
+            args.target or (),
+            n_random,
+            args.seed,
+            force=args.force,
+            provenance={"command": args.command_line},
+            progress=not args.quiet,
+            **({} if args.max_steps is None else {"max_steps": args.max_steps}),
+        )
+        metrics = RunResults.load(args.out).summary
     if not args.json:
-        columns = [
-            "method",
-            "stop_reason",
-            "steps",
-            "seconds",
-            "forget_acc",
-            "paraphrase_forget_acc",
-            "idk_rate",
-            "retain_acc",
-            "probe_p_known_sae",
-            "probe_p_known_resid",
-            "ppl_ratio",
-            "relearn_acc",
-        ]
+        columns = [c for c in REPORT_COLUMNS if c in metrics]
         print(metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return {"report": str(path), "rows": metrics.to_dict(orient="records")}
 
@@ -288,8 +338,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(world, "stats", cmd_world_stats, "accuracy, idk rate, perplexity and SAE quality")
     p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
 
-    p = command(sub, "recognize", cmd_recognize, "known/unknown latents and probes on the embedded world")
-    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="world", help=MODEL_HELP)
+        p.add_argument("--sae", default=None, help=SAE_HELP)
+        p.add_argument(
+            "--questions",
+            type=Path,
+            default=None,
+            help="a CSV or JSONL file of rows entity,question,answer[,split]: your own known entities and their "
+            "questions (world: they make the bench, against the world's strangers; a real model: added to its "
+            "records) (default: none)",
+        )
+        p.add_argument(
+            "--kind",
+            choices=RECORD_KINDS,
+            default=None,
+            help="a real model's records: known / unknown entities labelled by its own answers (default: person)",
+        )
+
+    def target_options(p: argparse.ArgumentParser, random_help: str, random_default: int | None) -> None:
+        p.add_argument("--target", type=_name, action="append", help="a known entity's name (repeatable)")
+        p.add_argument("--random-targets", type=_count, default=random_default, help=random_help)
+
+    def method_option(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument(
+            "--method",
+            type=_methods,
+            default=default,
+            help=f"comma-separated methods, or 'all'; choices: {method_names} (default: {default})",
+        )
+
+    def steps_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--max-steps", type=_positive, default=None, help="optimiser steps at most (default: the method's)"
+        )
+
+    p = command(sub, "recognize", cmd_recognize, "known/unknown latents and probes on a model's bench")
+    model_options(p)
     p.add_argument("--top-k", type=_positive, default=20, help="latents kept per direction (known, unknown)")
     p.add_argument("--seed", type=_count, default=0, help="seed of the fit / calibration / test split")
     p.add_argument(
@@ -297,38 +382,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
-    p = command(sub, "forget", cmd_forget, "forget embedded-world people and print the metrics")
-    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
-    p.add_argument("--target", type=_name, action="append", help="a known person's name (repeatable)")
-    p.add_argument("--random-targets", type=_count, default=0, help="forget N known people drawn with --seed")
+    p = command(sub, "forget", cmd_forget, "forget entities and print the metrics")
+    model_options(p)
+    target_options(p, "forget N known entities drawn with --seed", 0)
     p.add_argument("--seed", type=_count, default=0, help="seed of the target draw, recognizer and method")
-    p.add_argument("--method", default="sae_guided", choices=sorted(METHODS), help="unlearning method")
-    p.add_argument("--max-steps", type=_positive, default=None, help="optimiser steps at most (default: the method's)")
-    p.add_argument("--out", type=Path, default=None, help="save the edited model in this folder (default: not saved)")
+    method_option(p, "sae_guided")
+    steps_option(p)
+    p.add_argument(
+        "--genuineness",
+        action="store_true",
+        help="also indistinguishability, generation health and relearning (compare and report always do)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="save the edited model in this folder (one method) (default: not saved)"
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
-    p = command(sub, "compare", cmd_compare, "every method on the same random targets, mean ± std over seeds")
-    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
-    p.add_argument("--random-targets", type=_positive, default=1, help="known people forgotten together per seed")
+    p = command(sub, "compare", cmd_compare, "methods on the same targets, mean ± std over seeds")
+    model_options(p)
+    target_options(p, "without --target: N known entities drawn per seed, forgotten together (default: 1)", None)
     p.add_argument("--seeds", type=_seeds, default="0", help="comma-separated seeds, one run per seed")
+    method_option(p, "all")
+    steps_option(p)
     p.add_argument(
-        "--methods", type=_methods, default=None, help=f"comma-separated subset of {method_names} (default: all)"
+        "--out",
+        type=Path,
+        default=None,
+        help="save the run folder here (render it: report --from) (default: not saved)",
     )
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument(
         "--csv", type=Path, default=None, help="also write the table as CSV to this file (default: not written)"
     )
 
     p = command(sub, "report", cmd_report, "forget, evaluate and write a self-contained HTML report")
-    p.add_argument("--path", type=Path, default=None, help="a built world (default: the shipped one)")
-    p.add_argument("--target", type=_name, action="append", help="a known person's name (repeatable)")
-    p.add_argument(
-        "--random-targets", type=_positive, default=1, help="without --target: N known people drawn with --seed"
-    )
+    model_options(p)
+    target_options(p, "without --target: N known entities drawn with --seed (default: 1)", None)
     p.add_argument("--seed", type=_count, default=0, help="seed of the target draw, recognizer and methods")
+    method_option(p, "sae_guided,grad_ascent")
+    steps_option(p)
     p.add_argument(
-        "--methods", type=_methods, default="sae_guided,grad_ascent", help=f"comma-separated, of {method_names}"
+        "--from",
+        dest="from_dir",
+        type=Path,
+        default=None,
+        help="render a saved run folder (report or compare --out) without loading a model (default: run anew)",
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for index.html (required)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the run and its index.html; with --from, where the page goes (default: the --from folder)",
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     sae = group(sub, "sae", "SAEs for real models", "sae_command")
@@ -356,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = "irunlearn " + " ".join(argv)
         _check_outputs(args)
         result = args.func(args)
     except Exception as err:

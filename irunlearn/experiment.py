@@ -4,7 +4,8 @@ It fits (or takes) the recognizer, draws or resolves the targets per seed, build
 from the bench, runs each method (all targets together, or each alone), evaluates every edit with the
 full battery, and returns the tables with the configs and provenance that produced them. `RunResults`
 saves to and loads from a folder of plain files (CSV + JSON), so a report can be rendered later without
-recomputing anything.
+recomputing anything: with the recognizer and, after `read_entities`, the entity readings the figures
+draw (`irunlearn.readings`).
 
 >>> results = irunlearn.run(EntityBench.from_world(ew), ew.model, ew.sae, ["sae_guided", "grad_ascent"])
 >>> results.summary                       # one row per (seed, task, method)
@@ -17,6 +18,7 @@ import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -27,12 +29,15 @@ from transformer_lens import HookedTransformer
 from irunlearn import __version__
 from irunlearn.bench import EntityBench
 from irunlearn.edits import weights_hash
+from irunlearn.entities import EntitySet
 from irunlearn.io import atomic_dir
 from irunlearn.methods import forget, get_method
 from irunlearn.methods.base import UnlearnResult
+from irunlearn.readings import EntityReadings, read_entities
 from irunlearn.recognition import Recognizer
 
 TABLES = ("summary", "per_target", "history")
+RECOGNIZER_DIR, READINGS_DIR = "recognizer", "readings"  # optional parts of a saved run
 
 
 @dataclass
@@ -43,7 +48,10 @@ class RunResults:
     seconds. `per_target`: the per-target metrics of each row (`run` links them). `history`: each
     method's optimisation history (`run`, step, target, loss terms, readings). `configs`: each run's
     method config by `run` id. `provenance`: bench, seeds, hook, package version and commit, model and SAE
-    hashes. `edits` (in memory only, not saved) holds the `UnlearnResult`s with their edited models.
+    identity and hashes. `recognizer`: the fitted recognition the run used (its top latents, centroids and
+    probes draw the report's recognition figures). `readings`: the entity readings of one task's runs,
+    set by `read_entities` (the latent map and probe figures). `edits` (in memory only, not saved) holds
+    the `UnlearnResult`s with their edited models.
     """
 
     summary: pd.DataFrame
@@ -51,16 +59,23 @@ class RunResults:
     history: pd.DataFrame
     configs: dict[str, dict]
     provenance: dict
+    recognizer: Recognizer | None = None
+    readings: EntityReadings | None = None
     edits: dict[str, UnlearnResult] = field(default_factory=dict, repr=False)
 
     def save(self, out: str | Path, force: bool = False) -> Path:
-        """Write `summary.csv`, `per_target.csv`, `history.csv` and `run.json` into `out`, atomically."""
+        """Write `summary.csv`, `per_target.csv`, `history.csv`, `run.json` and, when present, the
+        `recognizer/` and `readings/` folders into `out`, atomically (all of it appears, or none)."""
         out = Path(out)
         with atomic_dir(out, overwrite=force) as tmp:
             for name in TABLES:
                 getattr(self, name).to_csv(tmp / f"{name}.csv", index=False)
             meta = {"configs": self.configs, "provenance": self.provenance}
             (tmp / "run.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+            if self.recognizer is not None:
+                self.recognizer.save(tmp / RECOGNIZER_DIR)
+            if self.readings is not None:
+                self.readings.save(tmp / READINGS_DIR)
         return out
 
     @classmethod
@@ -72,7 +87,34 @@ class RunResults:
             raise FileNotFoundError(f"{path} is not a saved run folder: {missing} missing (write one with save()).")
         tables = {name: _read_csv(path / f"{name}.csv") for name in TABLES}
         meta = json.loads((path / "run.json").read_text(encoding="utf-8"))
-        return cls(**tables, configs=meta["configs"], provenance=meta["provenance"])
+        recognizer = Recognizer.load(path / RECOGNIZER_DIR) if (path / RECOGNIZER_DIR).is_dir() else None
+        readings = EntityReadings.load(path / READINGS_DIR) if (path / READINGS_DIR).is_dir() else None
+        return cls(
+            **tables, configs=meta["configs"], provenance=meta["provenance"], recognizer=recognizer, readings=readings
+        )
+
+    def read_entities(
+        self,
+        model: HookedTransformer,
+        sae: SAE,
+        entities: EntitySet,
+        n_cloud: int = 200,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> RunResults:
+        """Read the entities for the report's figures (`irunlearn.readings.read_entities`) with the original
+        `model` and the edited models of the first task's runs (its seed, its targets); stores them in
+        `readings` and returns self. Needs the in-memory `edits` of a run just made."""
+        if not self.edits or self.recognizer is None:
+            raise ValueError("read_entities needs the edited models and recognizer of a run just made (run(...)).")
+        first = next(iter(self.edits.values()))
+        same_task = [
+            r for r in self.edits.values() if r.targets == first.targets and r.config.seed == first.config.seed
+        ]
+        self.readings = read_entities(
+            model, sae, self.recognizer, same_task, entities, n_cloud=n_cloud, seed=seed, progress=progress
+        )
+        return self
 
 
 def run(
@@ -121,6 +163,7 @@ def run(
                         "targets": ", ".join(result.targets),
                         "stop_reason": result.stop_reason,
                         "converged": result.converged,
+                        "persistent": result.persistent,
                         "steps": result.steps,
                         "seconds": result.seconds,
                         **summary,
@@ -137,8 +180,11 @@ def run(
         "together": together,
         "hook_name": recognizer.hook_name,
         "package_version": __version__,
-        "commit": _commit(),
+        "commit": git_commit(),
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "model": f"{model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})",
         "model_hash": weights_hash(model),
+        "sae": _sae_identity(sae),
         "sae_hash": weights_hash(sae),
         "recognizer_metrics": recognizer.metrics,
     }
@@ -148,8 +194,23 @@ def run(
         history=pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(),
         configs=configs,
         provenance=provenance,
+        recognizer=recognizer,
         edits=edits,
     )
+
+
+def _sae_identity(sae: SAE) -> dict:
+    """What names an SAE: architecture, widths, hook and, for a registry SAE, its release and id."""
+    meta = sae.cfg.metadata
+    identity = {
+        "architecture": sae.cfg.architecture(),
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "hook_name": meta.hook_name,
+        "release": getattr(meta, "release", None),
+        "sae_id": getattr(meta, "sae_id", None),
+    }
+    return {key: value for key, value in identity.items() if value is not None}
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -159,14 +220,21 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def _commit() -> str | None:
-    """The git commit of the installed package's checkout, if it is one."""
+def git_commit(path: str | Path | None = None) -> str:
+    """The git commit of the checkout holding `path` (default: this package), "+dirty" when tracked files
+    changed, or a note when it is not a git checkout."""
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
+        return "unknown (not a git checkout, or no git)"
+    return commit + ("+dirty" if dirty else "")

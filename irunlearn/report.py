@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
-import random
+import os
 import re
 import shutil
 import subprocess
@@ -32,17 +32,14 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from sae_lens import SAE
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from irunlearn import __version__
-from irunlearn.activations import encode_latents, extract_activations
-from irunlearn.edits import weights_hash
-from irunlearn.entities import EntitySet
-from irunlearn.evaluation import Evaluator
-from irunlearn.io import atomic_dir
+from irunlearn.bench import EntityBench
+from irunlearn.experiment import RunResults, run
+from irunlearn.io import atomic_dir, check_output_dir
 from irunlearn.methods.base import UnlearnResult
-from irunlearn.metrics import metric_table, metrics_in
+from irunlearn.metrics import metric_table
 from irunlearn.plots import (
     PROBE_COLUMNS,
     axis_position,
@@ -56,15 +53,19 @@ from irunlearn.plots import (
     probe_distributions,
     separation_bars,
 )
-from irunlearn.prompts import Template
+from irunlearn.readings import EntityReadings
 from irunlearn.recognition import Recognizer
 
 # The evaluator's own columns and the run's: (definition, direction, what a genuine forget looks like).
 # Direction: "↑" higher is better, "↓" lower is better, "→" closest to the stated reference, "" not a score.
 CORE_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "run": ("the run's id: seed:targets:method", "", ""),
+    "seed": ("the seed of the target draw, the method and the evaluator", "", ""),
     "method": ("the unlearning method", "", ""),
     "targets": ("the people forgotten together", "", ""),
     "stop_reason": ("why the run stopped (flipped, suppressed, max_steps, ...)", "", "flipped or suppressed"),
+    "converged": ("whether the method's own stop rule was met before max_steps", "", "true"),
+    "persistent": ("whether the edit is in the weights (false: inference-time hooks)", "", "true"),
     "steps": ("optimiser updates applied", "↓", "few"),
     "seconds": ("wall time of the run, setup included", "↓", "short"),
     "forget_acc": ("targets' facts still answered exactly (training phrasings)", "↓", "0"),
@@ -410,167 +411,6 @@ def metrics_table(results: Sequence[UnlearnResult], summaries: Sequence[Mapping[
     )
 
 
-def evaluate_runs(
-    evaluator: Evaluator, results: Sequence[UnlearnResult], genuineness: bool = True, progress: bool = True
-) -> pd.DataFrame:
-    """`metrics_table` of the runs, each evaluated by `evaluator` (with `genuineness`, every registered
-    genuineness metric too), with one progress bar over every (run, phase) so a long phase shows itself.
-
-    The same numbers as `Evaluator.evaluate(model, genuineness)`: the core metrics, then each genuineness
-    metric in registration order.
-    """
-    phases = ["core metrics"] + ([m.name for m in metrics_in("genuineness")] if genuineness else [])
-    bar = tqdm(total=len(results) * len(phases), desc="evaluating", disable=not progress, leave=True)
-    summaries = []
-    for result in results:
-        bar.set_postfix_str(f"{result.method}: core metrics")
-        summary, _ = evaluator.evaluate(result.model)
-        bar.update()
-        for phase in phases[1:]:
-            bar.set_postfix_str(f"{result.method}: {phase}")
-            summary |= evaluator.metrics(result.model, [phase])
-            bar.update()
-        summaries.append(summary)
-    bar.close()
-    return metrics_table(results, summaries)
-
-
-def git_commit(path: str | Path | None = None) -> str:
-    """The git commit of the checkout holding `path` (default: this package), "+dirty" when tracked files
-    changed, or a note when it is not a git checkout."""
-    folder = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout, or no git)"
-    return commit + ("+dirty" if dirty else "")
-
-
-def run_provenance(
-    model: HookedTransformer,
-    sae: SAE,
-    recognizer: Recognizer,
-    results: Sequence[UnlearnResult],
-    seed: int,
-    extra: Mapping[str, object] | None = None,
-) -> dict[str, str]:
-    """What produced the report: package version and commit, model and SAE identity with weight hashes,
-    the hook, the recognizer's held-out figures, the seeds, and each run's full method config.
-
-    `extra` adds entries (e.g. the command line, the evaluator's seed, the world's path).
-    """
-    meta = sae.cfg.metadata
-    sae_identity = {
-        "architecture": sae.cfg.architecture(),
-        "d_in": sae.cfg.d_in,
-        "d_sae": sae.cfg.d_sae,
-        "hook_name": meta.hook_name,
-        "release": getattr(meta, "release", None),
-        "sae_id": getattr(meta, "sae_id", None),
-        "sha256": weights_hash(sae),  # any module's state_dict hashes the same way
-    }
-    entries: dict[str, object] = {
-        "irunlearn version": __version__,
-        "git commit": git_commit(),
-        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "model": f"{model.cfg.model_name} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model})",
-        "model weights sha256 (original)": weights_hash(model),
-        "SAE": json.dumps({k: v for k, v in sae_identity.items() if v is not None}),
-        "hook": recognizer.hook_name,
-        "recognizer (held-out entities × phrasings)": json.dumps(
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in recognizer.metrics.items()}
-        ),
-        "targets": ", ".join(results[0].targets) if results else "",
-        "seeds": f"report sampling {seed}; runs " + ", ".join(f"{r.method} {r.config.seed}" for r in results),
-    }
-    entries |= {f"config: {r.method}": r.config_json() for r in results}
-    entries |= dict(extra or {})
-    return {key: str(value) for key, value in entries.items()}
-
-
-# Reading entities ----------------------------------------------------------------------------------
-
-
-@dataclass
-class EntityReadings:
-    """What the standard figures draw, read once: per-entity mean latents and probe readings.
-
-    `probes` has one row per (entity, model): `model` ("original" or a method), `role` ("known",
-    "stranger", "target"), probe p_known and centroid distances (means over the templates). Strangers are
-    read by every edited model too, since indistinguishability compares targets and strangers under the
-    same model.
-    """
-
-    targets: list[str]
-    known_names: list[str]
-    unknown_names: list[str]
-    known_latents: Float[torch.Tensor, "n_known d_sae"]
-    unknown_latents: Float[torch.Tensor, "n_unknown d_sae"]
-    before: Float[torch.Tensor, "n_targets d_sae"]
-    after: dict[str, Float[torch.Tensor, "n_targets d_sae"]]
-    probes: pd.DataFrame
-
-
-def read_entities(
-    model: HookedTransformer,
-    sae: SAE,
-    recognizer: Recognizer,
-    results: Sequence[UnlearnResult],
-    entities: EntitySet,
-    templates: Sequence[Template] | None = None,
-    n_cloud: int = 200,
-    seed: int = 0,
-    progress: bool = False,
-) -> EntityReadings:
-    """Read `n_cloud` known people and strangers (targets excluded, drawn with `seed`) and the targets with
-    the original model, then the targets and the strangers with each run's model (one progress bar).
-
-    Readings average over `templates` (default: the recognizer's training templates).
-    """
-    if not results:
-        raise ValueError("No results: run at least one forgetting method first.")
-    target_names = results[0].targets
-    if any(r.targets != target_names for r in results):
-        raise ValueError("All results must forget the same targets to share a latent map.")
-    templates = list(templates or recognizer.templates)
-    targets = [entities.get(name) for name in target_names]
-    rng = random.Random(seed)
-    known = [e for e in entities.known if e.name not in target_names]
-    known = rng.sample(known, min(n_cloud, len(known)))
-    unknown = rng.sample(entities.unknown, min(n_cloud, len(entities.unknown)))
-    passes = [("original", "known", known, model), ("original", "stranger", unknown, model)]
-    passes.append(("original", "target", targets, model))
-    for r in results:
-        passes += [(r.method, "target", targets, r.model), (r.method, "stranger", unknown, r.model)]
-    frames, latents = [], {}
-    for label, role, people, edited in tqdm(passes, desc="reading entities", disable=not progress, leave=True):
-        acts = extract_activations(
-            edited, recognizer.hook_name, people, templates, prepend_bos=recognizer.prepend_bos, progress=False
-        )
-        z = encode_latents(sae, acts.resid)
-        frames.append(recognizer.describe(acts.resid, z, acts.index["entity"]).assign(model=label, role=role))
-        latents[label, role] = z.reshape(len(people), len(templates), -1).mean(1)
-    return EntityReadings(
-        targets=list(target_names),
-        known_names=[e.name for e in known],
-        unknown_names=[e.name for e in unknown],
-        known_latents=latents["original", "known"],
-        unknown_latents=latents["original", "stranger"],
-        before=latents["original", "target"],
-        after={r.method: latents[r.method, "target"] for r in results},
-        probes=pd.concat(frames, ignore_index=True),
-    )
-
-
 # Paragraphs from the numbers ------------------------------------------------------------------------
 
 
@@ -669,12 +509,12 @@ def probe_caption(readings: EntityReadings) -> str:
     return " ".join(parts)
 
 
-def history_caption(result: UnlearnResult, stop_threshold: float | None = None) -> str:
+def history_caption(trace: RunTrace) -> str:
     """When each probe first read every target as unknown, when the stop criterion was first met, how the loss
     went."""
-    history = result.history
+    history, stop_threshold = trace.history, trace.stop_threshold
     per_step = history.groupby("step", sort=True)
-    sentences = [f"{result.method} stopped after {result.steps} updates ({result.stop_reason})."]
+    sentences = [f"{trace.method} stopped after {trace.steps} updates ({trace.stop_reason})."]
     crossings = []
     for column, name in PROBE_COLUMNS.items():
         if column in history:
@@ -784,39 +624,72 @@ def recognition_caption(recognizer: Recognizer) -> str:
 # The standard sections -----------------------------------------------------------------------------
 
 
-def forgetting_sections(
-    model: HookedTransformer,
-    sae: SAE,
-    recognizer: Recognizer,
-    results: Sequence[UnlearnResult],
-    entities: EntitySet,
-    metrics: pd.DataFrame | None = None,
-    templates: Sequence[Template] | None = None,
-    n_cloud: int = 200,
-    max_targets: int = 3,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict[str, Section]:
-    """The standard sections of forgetting runs on the same targets, keyed by heading, each with its paragraph.
+@dataclass
+class RunTrace:
+    """One run as its history figure needs it: the method, how it stopped, its per-step history and the
+    suppression stop threshold of its config (None for methods that stop on the probes)."""
 
-    `model` is the original; `results` the runs (one per method). In order: genuineness at a glance
-    (targets vs the strangers' band on both probes, and relearning from `metrics`), the latent map
-    (centroid-axis projection, one arrow per target and run), the method comparison (given a `metrics`
-    table with a `method` column), probe p_known by group, each run's optimisation history, feature shifts
-    of up to `max_targets` targets per run, and the recognizer's known- and unknown-latents. Readings
-    average over `templates` (default: the recognizer's training templates); see `read_entities`.
+    label: str
+    method: str
+    steps: int
+    stop_reason: str
+    history: pd.DataFrame
+    stop_threshold: float | None
+
+
+def run_traces(run: RunResults, rows: pd.DataFrame) -> list[RunTrace]:
+    """The `RunTrace` of each of `rows` (summary rows of `run`), labelled by method when each method appears
+    once, else by run id."""
+    by_method = rows["method"].nunique() == len(rows)
+    history = run.history if not run.history.empty else pd.DataFrame(columns=["run"])
+    return [
+        RunTrace(
+            label=row["method"] if by_method else row["run"],
+            method=row["method"],
+            steps=int(row["steps"]),
+            stop_reason=str(row["stop_reason"]),
+            history=history[history["run"] == row["run"]].drop(columns="run").reset_index(drop=True),
+            stop_threshold=run.configs.get(row["run"], {}).get("max_forget_acc"),
+        )
+        for row in rows.to_dict("records")
+    ]
+
+
+def shown_rows(run: RunResults) -> pd.DataFrame:
+    """The summary rows the figures draw: with entity readings, the runs they read (the readings' targets,
+    the first seed that forgot them); else every row."""
+    summary = run.summary
+    if run.readings is None:
+        return summary
+    same = summary[(summary["targets"] == ", ".join(run.readings.targets)) & summary["method"].isin(run.readings.after)]
+    return same[same["seed"] == same["seed"].iloc[0]] if len(same) else same
+
+
+def forgetting_sections(run: RunResults, max_targets: int = 3) -> dict[str, Section]:
+    """The standard sections of a run, keyed by heading, each with its paragraph; drawn from the saved
+    tables, recognizer and entity readings alone (no model needed).
+
+    In order, each where its data is there: genuineness at a glance (targets vs the strangers' band on both
+    probes, and relearning), the latent map (centroid-axis projection, one arrow per target and run), the
+    method comparison, probe p_known by group (these need `run.readings`: `RunResults.read_entities`),
+    each run's optimisation history, feature shifts of up to `max_targets` targets per run, and the
+    recognizer's known- and unknown-latents.
     """
-    readings = read_entities(model, sae, recognizer, results, entities, templates, n_cloud, seed, progress)
-    probes = readings.probes
-    glance = probes[probes["role"] != "known"].assign(
-        model=lambda f: f["model"].where(f["model"] != "original", "original (before)")
-    )
-    relearning = metrics if metrics is not None and "relearn_acc" in metrics else None
-    sections = {
-        "Genuineness at a glance": Section(
-            genuineness_at_a_glance(glance, relearning), genuineness_caption(readings, metrics)
-        ),
-        "Latent map": Section(
+    readings, recognizer, summary = run.readings, run.recognizer, run.summary
+    rows = shown_rows(run)
+    sections: dict[str, Section] = {}
+    if readings is not None:
+        if recognizer is None:
+            raise ValueError("Entity readings without the run's recognizer: save the run with its recognizer.")
+        probes = readings.probes
+        glance = probes[probes["role"] != "known"].assign(
+            model=lambda f: f["model"].where(f["model"] != "original", "original (before)")
+        )
+        relearning = rows if "relearn_acc" in rows else None
+        sections["Genuineness at a glance"] = Section(
+            genuineness_at_a_glance(glance, relearning), genuineness_caption(readings, rows)
+        )
+        sections["Latent map"] = Section(
             latent_map(
                 readings.known_latents,
                 readings.unknown_latents,
@@ -829,97 +702,135 @@ def forgetting_sections(
                 unknown_names=readings.unknown_names,
             ),
             latent_map_caption(readings, recognizer),
-        ),
-    }
-    if metrics is not None and "method" in metrics:
-        sections["Methods compared"] = Section(method_comparison(metrics), methods_caption(metrics))
-    groups = probes[(probes["model"] == "original") | (probes["role"] == "target")]
-    groups = groups.assign(
-        group=[
-            {"known": "known", "stranger": "unknown", "target": "targets before"}[role]
-            if label == "original"
-            else f"after {label}"
-            for label, role in zip(groups["model"], groups["role"], strict=True)
-        ]
-    )
-    colors = {"targets before": "black"} | {f"after {r.method}": method_color(j) for j, r in enumerate(results)}
-    sections["Recognition: probe p_known"] = Section(
-        probe_distributions(groups, colors=colors), probe_caption(readings)
-    )
-    for r in results:
-        if not r.history.empty:
-            threshold = getattr(r.config, "max_forget_acc", None)
-            sections[f"History: {r.method}"] = Section(
+        )
+    if not summary.empty:
+        sections["Methods compared"] = Section(method_comparison(summary), methods_caption(summary))
+    if readings is not None:
+        groups = probes[(probes["model"] == "original") | (probes["role"] == "target")]
+        groups = groups.assign(
+            group=[
+                {"known": "known", "stranger": "unknown", "target": "targets before"}[role]
+                if label == "original"
+                else f"after {label}"
+                for label, role in zip(groups["model"], groups["role"], strict=True)
+            ]
+        )
+        colors = {"targets before": "black"} | {f"after {m}": method_color(j) for j, m in enumerate(readings.after)}
+        sections["Recognition: probe p_known"] = Section(
+            probe_distributions(groups, colors=colors), probe_caption(readings)
+        )
+    for trace in run_traces(run, rows):
+        if not trace.history.empty:
+            sections[f"History: {trace.label}"] = Section(
                 optimisation_history(
-                    r.history,
-                    r.stop_reason,
-                    f"{r.method}: optimisation history ({r.stop_reason} after {r.steps} steps)",
-                    stop_threshold=threshold,
+                    trace.history,
+                    trace.stop_reason,
+                    f"{trace.label}: optimisation history ({trace.stop_reason} after {trace.steps} steps)",
+                    stop_threshold=trace.stop_threshold,
                 ),
-                history_caption(r, threshold),
+                history_caption(trace),
             )
-        for i, name in enumerate(readings.targets[:max_targets]):
-            before, after = readings.before[i], readings.after[r.method][i]
-            sections[f"Feature shift: {r.method}, {name}"] = Section(
-                feature_shift(before, after, recognizer, f"{name} ({r.method})"),
-                feature_shift_caption(before, after, recognizer),
-            )
-    sections["Recognition: known- and unknown-latents"] = Section(
-        separation_bars(recognizer), recognition_caption(recognizer)
-    )
+        if readings is not None and trace.method in readings.after:
+            for i, name in enumerate(readings.targets[:max_targets]):
+                before, after = readings.before[i], readings.after[trace.method][i]
+                sections[f"Feature shift: {trace.method}, {name}"] = Section(
+                    feature_shift(before, after, recognizer, f"{name} ({trace.method})"),
+                    feature_shift_caption(before, after, recognizer),
+                )
+    if recognizer is not None:
+        sections["Recognition: known- and unknown-latents"] = Section(
+            separation_bars(recognizer), recognition_caption(recognizer)
+        )
     return sections
 
 
-def forgetting_figures(
-    model: HookedTransformer,
-    sae: SAE,
-    recognizer: Recognizer,
-    results: Sequence[UnlearnResult],
-    entities: EntitySet,
-    metrics: pd.DataFrame | None = None,
-    templates: Sequence[Template] | None = None,
-    n_cloud: int = 200,
-    max_targets: int = 3,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict[str, go.Figure]:
+def forgetting_figures(run: RunResults, max_targets: int = 3) -> dict[str, go.Figure]:
     """The figures of `forgetting_sections` alone, keyed by heading (e.g. to show them in a notebook)."""
-    sections = forgetting_sections(
-        model, sae, recognizer, results, entities, metrics, templates, n_cloud, max_targets, seed, progress
-    )
-    return {name: section.figure for name, section in sections.items()}
+    return {name: section.figure for name, section in forgetting_sections(run, max_targets).items()}
+
+
+def page_provenance(run: RunResults) -> dict[str, str]:
+    """The provenance block of a run's page: its recorded provenance (bench, seeds, hook, version, commit,
+    model and SAE identity and hashes, recognizer figures, the command) and each run's method config."""
+    entries = {
+        key: value if isinstance(value, str) else json.dumps(value, default=str)
+        for key, value in run.provenance.items()
+    }
+    entries |= {f"config: {run_id}": json.dumps(config, default=str) for run_id, config in run.configs.items()}
+    return entries
+
+
+def render_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, title: str | None = None, force: bool = False
+) -> Path:
+    """`index.html` of a saved run folder (`RunResults.save`), drawn from its files alone: no model is loaded
+    and nothing is recomputed. Returns the page's path.
+
+    Without `out_dir` the page is written into the run folder itself (replacing an earlier page there,
+    atomically); with it, into `out_dir` (`write_report`: a non-empty folder is replaced only with `force`).
+
+    >>> render_report("runs/demo")                     # what `irunlearn report --from runs/demo` does
+    """
+    run = RunResults.load(run_dir)
+    if run.summary.empty:
+        raise ValueError(f"The run at {run_dir} has no rows to report.")
+    sections = forgetting_sections(run)
+    rows = shown_rows(run)
+    title = title or f"Forgetting {rows['targets'].iloc[0]}: {', '.join(dict.fromkeys(rows['method']))}"
+    if out_dir is not None:
+        return write_report(out_dir, sections, run.summary, title, force=force, provenance=page_provenance(run))
+    page = Path(run_dir) / "index.html"
+    partial = page.with_name(f".index.html.partial.{os.getpid()}")
+    partial.write_text(report_html(sections, run.summary, title, page_provenance(run)), encoding="utf-8")
+    os.replace(partial, page)
+    return page
 
 
 def forgetting_report(
     out_dir: str | Path,
+    bench: EntityBench,
     model: HookedTransformer,
     sae: SAE,
-    recognizer: Recognizer,
-    results: Sequence[UnlearnResult],
-    entities: EntitySet,
-    metrics: pd.DataFrame,
-    templates: Sequence[Template] | None = None,
-    title: str | None = None,
+    methods: Sequence[str] = ("sae_guided", "grad_ascent"),
+    targets: Sequence[str] = (),
+    n_targets: int = 1,
+    seed: int = 0,
+    recognizer: Recognizer | None = None,
+    n_retain_eval: int | None = None,
+    n_cloud: int = 200,
     force: bool = False,
     provenance: Mapping[str, object] | None = None,
-    n_cloud: int = 200,
-    seed: int = 0,
     progress: bool = True,
+    **overrides,
 ) -> Path:
-    """`forgetting_sections` + `write_report` with the runs' provenance: the standard report. Returns index.html.
+    """The standard report: `irunlearn.run` the methods on one seed (targets forgotten together, full
+    battery), read the entities for the figures, save the run folder at `out_dir` and render its
+    `index.html` there (`render_report`). Returns the page's path; `render_report(out_dir)` redraws it later
+    from the folder alone. What `irunlearn report` runs.
 
-    `provenance` adds entries to `run_provenance`'s (e.g. the command line); `n_cloud` known people and
-    strangers, drawn with `seed`, make the clouds (`read_entities`).
+    `provenance` adds entries (e.g. the command line); `n_cloud` known people and strangers, drawn with
+    `seed`, make the clouds; `overrides` go to every method's config (e.g. `max_steps=4`).
 
-    >>> metrics = evaluate_runs(evaluator, [result])
-    >>> forgetting_report("reports/demo", ew.model, ew.sae, recognizer, [result], ew.world.entities, metrics)
+    >>> forgetting_report("reports/demo", EntityBench.from_world(ew), ew.model, ew.sae, targets=["Ana Bel"])
     """
-    sections = forgetting_sections(
-        model, sae, recognizer, results, entities, metrics, templates, n_cloud, seed=seed, progress=progress
+    check_output_dir(out_dir, overwrite=force)
+    results = run(
+        bench,
+        model,
+        sae,
+        methods,
+        targets,
+        0 if targets else n_targets,
+        seeds=[seed],
+        recognizer=recognizer,
+        n_retain_eval=n_retain_eval,
+        progress=progress,
+        **overrides,
     )
-    title = title or f"Forgetting {', '.join(results[0].targets)}: {', '.join(r.method for r in results)}"
-    facts = run_provenance(model, sae, recognizer, results, seed, provenance)
-    return write_report(out_dir, sections, metrics, title, force=force, provenance=facts)
+    results.read_entities(model, sae, bench.entities, n_cloud=n_cloud, seed=seed, progress=progress)
+    results.provenance |= dict(provenance or {})
+    results.save(out_dir, force=force)
+    return render_report(out_dir)
 
 
 # Screenshot ----------------------------------------------------------------------------------------

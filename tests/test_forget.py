@@ -162,7 +162,8 @@ def test_forget_cli_json(ew, capsys, tmp_path):
     code = main(["forget", "--target", target, "--json", "--quiet", "--out", str(tmp_path / "out")])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["targets"] == [target] and out["method"] == "sae_guided"
+    (run,) = out["runs"]
+    assert out["targets"] == [target] and run["method"] == "sae_guided"
     for key in (
         "forget_acc",
         "idk_rate",
@@ -176,7 +177,7 @@ def test_forget_cli_json(ew, capsys, tmp_path):
         "seconds",
         "per_target",
     ):
-        assert key in out
+        assert key in run
     assert (tmp_path / "out" / "edit.safetensors").exists()
     assert main(["forget", "--target", "Nobody Atall", "--json", "--quiet"]) == 2
 

@@ -27,7 +27,6 @@ from irunlearn.probes import LinearProbe
 from irunlearn.recognition import Recognizer, separation_scores
 from irunlearn.report import (
     Section,
-    evaluate_runs,
     forgetting_sections,
     format_value,
     glossary,
@@ -517,36 +516,22 @@ def test_mean_latents_average_the_templates_per_entity(ew):
 
 @pytest.fixture(scope="module")
 def short_runs(ew, recognizer):
-    """Three-step sae_guided and grad_ascent runs on two people, and their evaluator (20 retain people)."""
-    from irunlearn.methods import forget
-    from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+    """Three-step sae_guided and grad_ascent runs on two people (20 retain people), without their readings."""
+    import irunlearn
+    from irunlearn.bench import EntityBench
 
-    task = world_task(ew, resolve_targets(ew, n_random=2, seed=5), recognizer)
-    results = [
-        forget(ew.model, ew.sae, task, method=m, max_steps=3, progress=False) for m in ("sae_guided", "grad_ascent")
-    ]
-    return results, world_evaluator(ew, task, n_retain_eval=20)
-
-
-def test_evaluate_runs_gives_the_evaluators_numbers_with_a_progress_bar(short_runs, capsys):
-    results, evaluator = short_runs
-    metrics = evaluate_runs(evaluator, results, genuineness=False, progress=True)
-    assert "evaluating" in capsys.readouterr().err
-    assert metrics["method"].tolist() == ["sae_guided", "grad_ascent"]
-    for row, result in zip(metrics.to_dict("records"), results, strict=True):
-        expected, _ = evaluator.evaluate(result.model)
-        assert {k: row[k] for k in expected} == pytest.approx(expected)
-        assert row["steps"] == result.steps and row["targets"] == ", ".join(result.targets)
-    evaluate_runs(evaluator, results[:1], genuineness=False, progress=False)
-    assert capsys.readouterr().err == ""
+    bench = EntityBench.from_world(ew)
+    targets = [t.name for t in bench.targets(n_random=2, seed=5)]
+    return irunlearn.run(
+        bench, ew.model, ew.sae, ["sae_guided", "grad_ascent"], targets, genuineness=False,
+        recognizer=recognizer, n_retain_eval=20, progress=False, max_steps=3,
+    )  # fmt: skip
 
 
 def test_forgetting_sections_for_short_runs(ew, recognizer, short_runs, capsys):
-    results, evaluator = short_runs
-    metrics = evaluate_runs(evaluator, results, genuineness=False, progress=False)
-    sections = forgetting_sections(
-        ew.model, ew.sae, recognizer, results, ew.world.entities, metrics, n_cloud=20, max_targets=1, progress=True
-    )
+    short_runs.read_entities(ew.model, ew.sae, ew.world.entities, n_cloud=20, progress=True)
+    results = list(short_runs.edits.values())
+    sections = forgetting_sections(short_runs, max_targets=1)
     assert "reading entities" in capsys.readouterr().err
     first = results[0].targets[0]
     assert list(sections) == [

@@ -14,9 +14,9 @@ import plotly.graph_objects as go
 import pytest
 from figure_checks import figure_problems
 
-from irunlearn.methods import forget
-from irunlearn.report import CHROMIUM_FLAGS, evaluate_runs, find_chromium, forgetting_report, screenshot
-from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+from irunlearn.bench import EntityBench
+from irunlearn.experiment import RunResults
+from irunlearn.report import CHROMIUM_FLAGS, find_chromium, forgetting_report, screenshot
 
 pytestmark = pytest.mark.browser
 METHODS = ("sae_guided", "grad_ascent")
@@ -111,16 +111,15 @@ def page_figures(page: str) -> dict[str, go.Figure]:
 
 @pytest.fixture(scope="module")
 def report(ew, recognizer, tmp_path_factory):
-    """Short sae_guided and grad_ascent runs on one embedded-world person, evaluated, and their report."""
-    task = world_task(ew, resolve_targets(ew, n_random=1, seed=3), recognizer)
-    evaluator = world_evaluator(ew, task, n_retain_eval=40)
-    results = [forget(ew.model, ew.sae, task, method=m, max_steps=4, progress=False) for m in METHODS]
-    metrics = evaluate_runs(evaluator, results, genuineness=True, progress=False)
+    """Short runs of every method on one embedded-world person, evaluated, and their report."""
+    bench = EntityBench.from_world(ew)
+    target = bench.targets(n_random=1, seed=3)[0].name
     out = tmp_path_factory.mktemp("report") / "out"
     path = forgetting_report(
-        out, ew.model, ew.sae, recognizer, results, ew.world.entities, metrics, n_cloud=60, progress=False
-    )
-    return path, metrics
+        out, bench, ew.model, ew.sae, list(METHODS), [target], recognizer=recognizer, n_retain_eval=40,
+        n_cloud=60, progress=False, max_steps=4,
+    )  # fmt: skip
+    return path, RunResults.load(out).summary
 
 
 def test_report_renders_every_figure_and_fits_the_first_screen_in_headless_chromium(report, tmp_path):
@@ -157,7 +156,8 @@ def test_report_renders_every_figure_and_fits_the_first_screen_in_headless_chrom
     # the glossary defines every column of the full table; the provenance names what made the report
     assert done.stdout.count("<tr>", done.stdout.index('id="glossary"')) >= len(metrics.columns)
     assert all(f"<td>{column}</td>" in done.stdout for column in metrics.columns)
-    for entry in ("git commit", "model weights sha256 (original)", "hook", "config: sae_guided", "config: grad_ascent"):
+    runs = [f"config: {run}" for run in metrics["run"]]
+    for entry in ("commit", "model_hash", "sae", "hook_name", *runs):
         assert f'<td class="text">{entry}</td>' in done.stdout, entry
 
 

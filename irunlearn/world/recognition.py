@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection
 
-from irunlearn.activations import extract_activations
+from irunlearn.activations import extraction_throughput
 from irunlearn.entities import EntitySet
 from irunlearn.recognition import Recognizer, fit_recognizer
 from irunlearn.world.artifacts import EmbeddedWorld
@@ -43,7 +42,4 @@ def recognize_world(
     )
     if not measure_throughput:
         return recognizer, None
-    start = time.perf_counter()
-    acts = extract_activations(ew.model, ew.hook_name, list(world.entities), train, progress=progress)
-    n_tokens = int((acts.index["position"] + 1).sum())
-    return recognizer, n_tokens / (time.perf_counter() - start)
+    return recognizer, extraction_throughput(ew.model, ew.hook_name, list(world.entities), train)
