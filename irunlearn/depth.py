@@ -128,6 +128,8 @@ def locate(
     hooks = _resid_hooks(model)
     _, ref_cache = model.run_with_cache(reference.batch.tokens, names_filter=hooks, return_type=None)
     clean = _gold_logprob(model, lines, [], first_token)
+    if first_token:  # a patch at block L changes nothing before it: run on from the clean residual there
+        _, line_cache = model.run_with_cache(lines.batch.tokens, names_filter=hooks, return_type=None)
     positions = [(f"name[-{k + 1}]", lines.name_offsets == k) for k in range(int(lines.name_offsets.max()) + 1)]
     records = []
     for layer, hook in enumerate(hooks):
@@ -138,8 +140,13 @@ def locate(
             else:
                 rows, cols, values = lines.name_rows[chosen], lines.name_cols[chosen], means["name"][chosen]
             known = ~values.isnan().any(-1)
-            patch = _patch_hook(rows[known], cols[known], values[known])
-            drop = clean - _gold_logprob(model, lines, [(hook, patch)], first_token)
+            if first_token:
+                resid = line_cache[hook].clone()
+                resid[rows[known], cols[known]] = values[known]
+                drop = clean - _first_answer_token(model, lines, [], resid, layer + 1)[0]
+            else:
+                patch = _patch_hook(rows[known], cols[known], values[known])
+                drop = clean - _gold_logprob(model, lines, [(hook, patch)], first_token)
             touched = torch.zeros(len(clean), dtype=torch.bool, device=clean.device)
             touched[rows[known]] = True
             records.append(
@@ -196,17 +203,25 @@ def _gold_logprob(
 
 
 def _first_answer_token(
-    model: HookedTransformer, lines: NamedFacts, fwd_hooks: list
+    model: HookedTransformer,
+    lines: NamedFacts,
+    fwd_hooks: list,
+    resid: Float[torch.Tensor, "batch pos d_model"] | None = None,
+    start_at_layer: int | None = None,
 ) -> tuple[Float[torch.Tensor, " batch"], Float[torch.Tensor, " batch"]]:
     """Per line: the log-probability of the gold answer's first token and whether it is the greedy choice
-    (1.0 / 0.0), from the final residual at the position before the answer, unembedded there only."""
+    (1.0 / 0.0), from the final residual at the position before the answer, unembedded there only. From
+    the lines' tokens, or from `resid` entering block `start_at_layer`."""
     final: dict[str, torch.Tensor] = {}
 
     def keep(activation: torch.Tensor, hook) -> None:
         final["resid"] = activation
 
     model.run_with_hooks(
-        lines.batch.tokens, fwd_hooks=[*fwd_hooks, ("ln_final.hook_normalized", keep)], return_type=None
+        lines.batch.tokens if resid is None else resid,
+        fwd_hooks=[*fwd_hooks, ("ln_final.hook_normalized", keep)],
+        return_type=None,
+        start_at_layer=start_at_layer,
     )
     rows = torch.arange(len(lines.batch.tokens), device=lines.batch.tokens.device)
     before = lines.batch.answer_mask.float().argmax(-1)  # target position i predicts token i + 1
