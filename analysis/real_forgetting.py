@@ -184,7 +184,12 @@ def main() -> None:
         for method in args.methods:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = forget(model, sae, task, method=method, progress=False)
+                try:
+                    result = forget(model, sae, task, method=method, progress=False)
+                except ValueError as refused:  # e.g. the SAE probe does not read the person as known
+                    record["refused"] = record.get("refused", []) + [f"{method} {target.name}: {refused}"]
+                    write(record)
+                    continue
             after = readings(result.model, sae, recognizer, target, people, prose, base)
             run = {
                 "method": method,

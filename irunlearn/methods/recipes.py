@@ -65,6 +65,9 @@ _SMALL_REAL_MODEL = {
 # ~1 MB per token, so those line counts are cut to what fits next to the model on a small machine
 # (sae_guided's default pool of 80 KL lines alone would hold ~8 GB of reference log-probabilities).
 _LARGE_VOCABULARY = {"guard_lines": 8}
+# Window: analysis/locate_gemma.py finds the answers read from the name's last token through block 9 (then
+# carried to the question tokens by block 12); an objective at the SAE's hook (block 6) reaches blocks 0-6
+# only, all of which lie inside that window, so the window is every block up to the hook.
 _GEMMA3_270M = {
     "sae_guided": _SMALL_REAL_MODEL["sae_guided"] | _LARGE_VOCABULARY | {"retain_pool": 2},
     "grad_ascent": _SMALL_REAL_MODEL["grad_ascent"] | _LARGE_VOCABULARY,
