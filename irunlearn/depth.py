@@ -34,6 +34,7 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
+from sae_lens import SAE
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
@@ -102,6 +103,8 @@ def locate(
     templates: Sequence[Template],
     strangers: Sequence[Entity],
     prepend_bos: bool = True,
+    answer_eos: bool = True,
+    first_token: bool = False,
 ) -> pd.DataFrame:
     """Where does `model` read `entities`' facts from? One row per (layer, position): the mean drop of the
     gold answer's log-probability when the residual there is replaced by strangers' mean residual.
@@ -110,20 +113,22 @@ def locate(
     tokens after the name together (`question`). The replacement is the mean of `strangers`' residuals in
     the same phrasing at the same position (name tokens aligned from the end, question tokens by distance
     from the answer), so it is what the model holds there for a name it never learned. A large drop at
-    (L, p) means the answer depends on what position p holds at layer L.
+    (L, p) means the answer depends on what position p holds at layer L. The gold answer's log-probability
+    is summed over its tokens (and the EOS after it with `answer_eos`), or with `first_token` that of its
+    first token only (a real model's few-shot answer, whose later tokens follow from the first; this also
+    unembeds only that position, which matters with a 262k vocabulary on a CPU).
 
     >>> heat = locate(ew.model, targets, ew.world.question_templates("train"), ew.world.unknown_eval[-50:])
     >>> locate_figure(heat).show()
     """
     if not strangers:
         raise ValueError("locate needs strangers (names the model never learned) for the replacement residual.")
-    lines = NamedFacts.build(model, question_facts(entities, templates), prepend_bos)
-    reference = NamedFacts.build(
-        model, question_facts([Entity(s.name, entities[0].attributes) for s in strangers], templates), prepend_bos
-    )
+    lines, reference = _located_lines(model, entities, templates, strangers, prepend_bos, answer_eos)
     hooks = _resid_hooks(model)
-    _, ref_cache = model.run_with_cache(reference.batch.tokens, names_filter=hooks)
-    clean = lines.answer_logprob(model(lines.batch.tokens, return_type="logits"))
+    _, ref_cache = model.run_with_cache(reference.batch.tokens, names_filter=hooks, return_type=None)
+    clean = _gold_logprob(model, lines, [], first_token)
+    if first_token:  # a patch at block L changes nothing before it: run on from the clean residual there
+        _, line_cache = model.run_with_cache(lines.batch.tokens, names_filter=hooks, return_type=None)
     positions = [(f"name[-{k + 1}]", lines.name_offsets == k) for k in range(int(lines.name_offsets.max()) + 1)]
     records = []
     for layer, hook in enumerate(hooks):
@@ -134,8 +139,13 @@ def locate(
             else:
                 rows, cols, values = lines.name_rows[chosen], lines.name_cols[chosen], means["name"][chosen]
             known = ~values.isnan().any(-1)
-            logits = _patched_logits(model, lines.batch.tokens, hook, rows[known], cols[known], values[known])
-            drop = clean - lines.answer_logprob(logits)
+            if first_token:
+                resid = line_cache[hook].clone()
+                resid[rows[known], cols[known]] = values[known]
+                drop = clean - _first_answer_token(model, lines, [], resid, layer + 1)[0]
+            else:
+                patch = _patch_hook(rows[known], cols[known], values[known])
+                drop = clean - _gold_logprob(model, lines, [(hook, patch)], first_token)
             touched = torch.zeros(len(clean), dtype=torch.bool, device=clean.device)
             touched[rows[known]] = True
             records.append(
@@ -147,6 +157,80 @@ def locate(
                 }
             )
     return pd.DataFrame(records)
+
+
+def _located_lines(
+    model: HookedTransformer,
+    entities: Sequence[Entity],
+    templates: Sequence[Template],
+    strangers: Sequence[Entity],
+    prepend_bos: bool,
+    answer_eos: bool,
+) -> tuple[NamedFacts, NamedFacts]:
+    """`entities`' fact lines and the same phrasings about `strangers` (given the first entity's answers,
+    which only fill the answer slot), with the names located."""
+    lines = NamedFacts.build(model, question_facts(entities, templates), prepend_bos, answer_eos)
+    reference = NamedFacts.build(
+        model,
+        question_facts([Entity(s.name, entities[0].attributes) for s in strangers], templates),
+        prepend_bos,
+        answer_eos,
+    )
+    return lines, reference
+
+
+def _patch_hook(rows: Int[torch.Tensor, " n"], cols: Int[torch.Tensor, " n"], values: Float[torch.Tensor, "n d"]):
+    """A hook replacing the activation at (`rows`, `cols`) by `values`."""
+
+    def patch(activation: torch.Tensor, hook) -> torch.Tensor:
+        activation = activation.clone()
+        activation[rows, cols] = values.to(activation.dtype)
+        return activation
+
+    return patch
+
+
+def _gold_logprob(
+    model: HookedTransformer, lines: NamedFacts, fwd_hooks: list, first_token: bool
+) -> Float[torch.Tensor, " batch"]:
+    """Each line's gold answer log-probability under `fwd_hooks`: summed over the answer's tokens, or of its
+    first token only (`first_token`; only that position is unembedded)."""
+    if not first_token:
+        return lines.answer_logprob(model.run_with_hooks(lines.batch.tokens, fwd_hooks=fwd_hooks, return_type="logits"))
+    logprobs, _ = _first_answer_token(model, lines, fwd_hooks)
+    return logprobs
+
+
+def _first_answer_token(
+    model: HookedTransformer,
+    lines: NamedFacts,
+    fwd_hooks: list,
+    resid: Float[torch.Tensor, "batch pos d_model"] | None = None,
+    start_at_layer: int | None = None,
+) -> tuple[Float[torch.Tensor, " batch"], Float[torch.Tensor, " batch"]]:
+    """Per line: the log-probability of the gold answer's first token and whether it is the greedy choice
+    (1.0 / 0.0), from the final residual at the position before the answer, unembedded there only. From
+    the lines' tokens, or from `resid` entering block `start_at_layer`."""
+    final: dict[str, torch.Tensor] = {}
+
+    def keep(activation: torch.Tensor, hook) -> None:
+        final["resid"] = activation
+
+    model.run_with_hooks(
+        lines.batch.tokens if resid is None else resid,
+        fwd_hooks=[*fwd_hooks, ("ln_final.hook_normalized", keep)],
+        return_type=None,
+        start_at_layer=start_at_layer,
+    )
+    rows = torch.arange(len(lines.batch.tokens), device=lines.batch.tokens.device)
+    before = lines.batch.answer_mask.float().argmax(-1)  # target position i predicts token i + 1
+    logits = final["resid"][rows, before] @ model.W_U + model.b_U
+    if model.cfg.output_logits_soft_cap > 0:
+        cap = model.cfg.output_logits_soft_cap
+        logits = cap * torch.tanh(logits / cap)
+    logprobs = logits.log_softmax(-1)
+    gold = lines.batch.tokens[rows, before + 1]
+    return logprobs[rows, gold], (logits.argmax(-1) == gold).float()
 
 
 def _stranger_means(
@@ -192,6 +276,94 @@ def _stranger_means(
         ),
     )
     return {"name": name_means, "question": question_means}
+
+
+@torch.no_grad()
+def sae_split(
+    model: HookedTransformer,
+    sae: SAE,
+    entities: Sequence[Entity],
+    templates: Sequence[Template],
+    strangers: Sequence[Entity],
+    prepend_bos: bool = True,
+    answer_eos: bool = True,
+) -> pd.DataFrame:
+    """Can this SAE at this hook carry forgetting at all? Patches at the SAE's hook, before any weight edit.
+
+    The residual x at a name token is the SAE's reconstruction x̂ = decode(encode(x)) plus its error
+    e = x − x̂. At the name's last token (`name[-1]`) and at every name token (`name`), each patch replaces:
+
+    - `residual`: x by the strangers' mean residual (what a genuinely forgotten name could at most reach
+      at this hook);
+    - `reconstruction`: x̂ by the strangers' mean reconstruction, the target's own error kept;
+    - `error`: e by the strangers' mean error, the target's own reconstruction kept;
+    - `latents_to_mu_U`: the activation-level upper bound of an SAE-latent edit: the latents set to μ_U
+      (the strangers' mean latents at the name's last token over every phrasing), the error kept,
+      x ← decode(μ_U) + e.
+
+    One row per (positions, patch) (and `none`, unpatched): the mean gold first-answer-token
+    log-probability, its drop from unpatched, and `kept`, the fraction of lines whose greedy first answer
+    token is still the gold one. If `latents_to_mu_U` keeps the answers while `residual` removes them, what
+    the answers read at this hook lies outside what the SAE's latents carry (its error term, other layers).
+    """
+    hook = sae_hook_name(sae)
+    lines, reference = _located_lines(model, entities, templates, strangers, prepend_bos, answer_eos)
+    end = stop_layer(hook)
+    _, cache = model.run_with_cache(lines.batch.tokens, names_filter=[hook], stop_at_layer=end, return_type=None)
+    _, ref_cache = model.run_with_cache(
+        reference.batch.tokens, names_filter=[hook], stop_at_layer=end, return_type=None
+    )
+    resid, ref_resid = cache[hook], ref_cache[hook]
+    recon, ref_recon = sae.decode(sae.encode(resid)), sae.decode(sae.encode(ref_resid))
+    means = {
+        "residual": _stranger_means(lines, reference, ref_resid)["name"],
+        "reconstruction": _stranger_means(lines, reference, ref_recon)["name"],
+        "error": _stranger_means(lines, reference, ref_resid - ref_recon)["name"],
+    }
+    last = reference.name_offsets == 0
+    mu_unknown = sae.encode(ref_resid[reference.name_rows[last], reference.name_cols[last]]).mean(0)
+    rows, cols = lines.name_rows, lines.name_cols
+    own_recon, own_error = recon[rows, cols], (resid - recon)[rows, cols]
+    patched = {
+        "residual": means["residual"],
+        "reconstruction": means["reconstruction"] + own_error,
+        "error": own_recon + means["error"],
+        "latents_to_mu_U": sae.decode(mu_unknown[None])[0] + own_error,
+    }
+    clean, clean_hits = _first_answer_token(model, lines, [])
+    records = [
+        {"positions": "none", "patch": "none", "logprob": float(clean.mean()), "logprob_drop": 0.0}
+        | {"kept": float(clean_hits.mean()), "rows": len(clean)}
+    ]
+    for positions, chosen in (("name[-1]", lines.name_offsets == 0), ("name", lines.name_offsets >= 0)):
+        for patch, values in patched.items():
+            ok = chosen & ~values.isnan().any(-1)
+            logprob, hits = _first_answer_token(model, lines, [(hook, _patch_hook(rows[ok], cols[ok], values[ok]))])
+            records.append(
+                {
+                    "positions": positions,
+                    "patch": patch,
+                    "logprob": float(logprob.mean()),
+                    "logprob_drop": float((clean - logprob).mean()),
+                    "kept": float((hits * clean_hits).sum() / clean_hits.sum().clamp(min=1)),
+                    "rows": len(clean),
+                }
+            )
+    return pd.DataFrame(records)
+
+
+def suggest_window(heat: pd.DataFrame, fraction: float = 0.5) -> tuple[int, int]:
+    """The layers whose name tokens the answers still read: (first, last) layer at which patching a name
+    token (the largest drop over the name's tokens) costs at least `fraction` of its largest drop anywhere.
+
+    Past the last such layer the facts have been carried to the question tokens and an edit of the name
+    representation there no longer reaches them; the window is where to edit, its last layer where a
+    hook (an SAE) that should see the key before it is read belongs.
+    """
+    name = heat[heat["position"].str.startswith("name")]
+    per_layer = name.groupby("layer")["logprob_drop"].max()
+    strong = per_layer[per_layer >= fraction * per_layer.max()].index
+    return int(strong.min()), int(strong.max())
 
 
 def locate_figure(heat: pd.DataFrame, title: str = "Where the answers are read from") -> go.Figure:

@@ -1,9 +1,14 @@
 """Each baseline works as a baseline: on one embedded-world target it lowers forget_acc."""
 
+import dataclasses
+import warnings
+
 import pytest
 
+from irunlearn.entities import Entity
 from irunlearn.methods import forget
-from irunlearn.methods.base import UnlearnResult
+from irunlearn.methods.base import StillKnownWarning, UnlearnResult
+from irunlearn.methods.grad_ascent import GradAscent, GradAscentConfig
 from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
 
 
@@ -18,8 +23,13 @@ def setting(ew, recognizer):
 @pytest.mark.parametrize("method", ["grad_ascent", "grad_diff", "npo", "rmu"])
 def test_weight_editing_baseline_lowers_forget_acc(ew, setting, method):
     task, evaluator, before = setting
-    result = forget(ew.model, ew.sae, task, method=method, progress=False)
-    assert result.stop_reason == "suppressed", result.history.tail()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = forget(ew.model, ew.sae, task, method=method, progress=False)
+    # answers gone is suppression; forgotten also needs both probes to read the target as unknown
+    assert result.stop_reason in ("suppressed", "still_known"), result.history.tail()
+    assert result.converged == result.still_known.empty
+    assert (result.stop_reason == "still_known") == any(issubclass(w.category, StillKnownWarning) for w in caught)
     after, _ = evaluator.evaluate(result.model)
     assert before["forget_acc"] >= 0.9
     assert after["forget_acc"] <= 0.05
@@ -62,3 +72,16 @@ def test_lora_and_attention_windows_edit_only_what_they_name(ew, setting):
     assert any(".attn." in n for n in changed) and any(".mlp." in n for n in changed)
     with pytest.raises(ValueError, match="layers must be"):
         forget(ew.model, ew.sae, task, layers=(7,), progress=False)
+
+
+def test_suppression_stops_on_the_judged_answer_not_on_the_gold_tokens(ew, setting):
+    """As a model that answers "United Kingdom" for "England": the gold's exact tokens are gone, the answer
+    is still right, so with an answer judge the baseline is not done."""
+    task, _, _ = setting
+    reworded = [Entity(t.name, {a: "a phrasing the model never uses" for a in t.attributes}) for t in task.targets]
+    for judge, done in ((None, True), (lambda attribute, given, gold: True, False)):
+        method = GradAscent(dataclasses.replace(task, targets=reworded, answer_judge=judge), ew.sae, GradAscentConfig())
+        method.setup(ew.model)
+        out = method.step(ew.model)
+        assert (out.per_target["forget_acc_train"] == 0).all() and out.done is done
+        assert ("forget_acc_judged" in out.per_target) is (judge is not None)

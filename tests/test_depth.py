@@ -45,6 +45,26 @@ def test_locate_finds_the_facts_read_from_the_names_layer0_state_by_the_question
     assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
 
 
+def test_locate_by_the_first_answer_token_agrees_and_suggests_the_names_window(ew, task):
+    """Scored by the first answer token only (a real model's few-shot answers), the world's answers still hang
+    on the name at block 0 alone, so that is the window of layers whose name tokens the answers read."""
+    heat = depth.locate(ew.model, task.targets, task.templates, ew.world.unknown_eval[-20:], first_token=True)
+    drop = heat.set_index(["layer", "position"])["logprob_drop"]
+    assert drop[(0, "name[-1]")] > 2 and drop[(1, "question")] > 2 and drop[(1, "name[-1]")] < 0.5
+    assert depth.suggest_window(heat) == (0, 0)
+
+
+def test_sae_split_separates_reconstruction_error_and_the_latent_bound(ew, task):
+    """At the world's SAE hook (block 2) the name no longer carries the answers (they were read at block 1):
+    no patch there removes them; the unpatched row keeps every answer by definition."""
+    split = depth.sae_split(ew.model, ew.sae, task.targets, task.templates, ew.world.unknown_eval[-20:])
+    assert set(split["patch"]) == {"none", "residual", "reconstruction", "error", "latents_to_mu_U"}
+    assert set(split["positions"]) == {"none", "name[-1]", "name"}
+    none = split[split["patch"] == "none"].iloc[0]
+    assert none["kept"] == 1 and none["logprob_drop"] == 0
+    assert (split["kept"] >= 0.9).all(), split
+
+
 def test_key_restoration_of_the_original_into_itself_restores_everything(ew, task):
     per_item = depth.key_restoration(ew.model, ew.model, task.targets, task.templates, up_to_layer=2)
     assert sorted(per_item["layer"].unique()) == [0, 1, 2]

@@ -13,7 +13,8 @@ from irunlearn import load_world
 from irunlearn.cli import main
 from irunlearn.edits import load_edit, save_edit
 from irunlearn.methods import forget
-from irunlearn.methods.base import StepOutput, run
+from irunlearn.methods.base import StepOutput, StillKnownWarning, run
+from irunlearn.methods.recipes import RECIPES, WORLD, Recipe, recipe_for
 from irunlearn.methods.sae_guided import (
     QuestionBatch,
     SAEGuided,
@@ -281,3 +282,32 @@ def test_ten_targets_together_keep_the_other_peoples_answers(ew, recognizer, ove
     assert (per_target["forget_acc"] <= 0.05).all(), per_target
     assert summary["retain_acc"] >= min_retain
     assert (per_target["probe_p_known_sae"] < 0.5).all() and (per_target["probe_p_known_resid"] < 0.5).all()
+
+
+def test_a_run_that_ends_with_a_probe_still_known_is_not_converged_and_warns(ew, task):
+    """One update cannot forget: the result names the probes that still read the target as known."""
+    with pytest.warns(StillKnownWarning, match="probe p_known="):
+        short = forget(ew.model, ew.sae, task, max_steps=1, progress=False)
+    assert short.stop_reason == "max_steps" and not short.converged
+    assert set(short.still_known["probe"]) == {"sae", "resid"}
+    assert (short.still_known["p_known"] >= 0.5).all()
+
+
+def test_done_requires_both_probes_on_the_returned_weights(result):
+    assert result.converged and result.still_known.empty
+    assert (result.final_probes[["p_known_sae", "p_known_resid"]] < 0.5).all().all()
+
+
+def test_forget_uses_the_models_recipe_and_the_world_keeps_the_method_defaults(ew, task, monkeypatch):
+    assert recipe_for(ew.model) is WORLD and WORLD.overrides("sae_guided", "blocks.2.hook_resid_post", 3) == {}
+    recipe = Recipe(layer_window=1, methods={"sae_guided": {"max_steps": 1, "n_retain_text": 4}})
+    monkeypatch.setitem(RECIPES, ew.model.cfg.model_name, recipe)
+    with pytest.warns(StillKnownWarning):
+        found = forget(ew.model, ew.sae, task, progress=False)
+    assert (found.config.layers, found.config.max_steps, found.config.n_retain_text) == ((2,), 1, 4)
+    with pytest.warns(StillKnownWarning):  # the caller's overrides win over the recipe
+        mine = forget(ew.model, ew.sae, task, progress=False, layers=(0, 1))
+    assert (mine.config.layers, mine.config.max_steps) == ((0, 1), 1)
+    with pytest.warns(StillKnownWarning):  # an explicit recipe replaces the registered one
+        plain = forget(ew.model, ew.sae, task, progress=False, recipe=WORLD, max_steps=1)
+    assert plain.config.layers is None and plain.config.n_retain_text == SAEGuidedConfig().n_retain_text

@@ -12,6 +12,7 @@ from irunlearn.methods.base import ForgetConfig, ForgetTask, Method, UnlearnResu
 from irunlearn.methods.grad_ascent import GradAscent
 from irunlearn.methods.grad_diff import GradDiff
 from irunlearn.methods.npo import NPO
+from irunlearn.methods.recipes import Recipe, recipe_for
 from irunlearn.methods.rmu import RMU
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig
 from irunlearn.methods.sae_guided_deep import SAEGuidedDeep
@@ -48,9 +49,15 @@ def forget(
     task: ForgetTask,
     method: str = "sae_guided",
     config: ForgetConfig | None = None,
+    recipe: Recipe | None = None,
     **overrides,
 ) -> UnlearnResult:
     """Forget `task.targets` with the named method; the original `model` is untouched unless `in_place`.
+
+    Without a `config`, the method's defaults are adjusted by the model's `recipe` (by default
+    `recipe_for(model)`: the layer window, learning rate, retain batch sizes and step budget registered for
+    this model; none for the embedded world), then by `overrides`. A given `config` is used as it is
+    (with `overrides`), no recipe applied.
 
     Checked before any work: the config, the model/SAE pairing (the SAE's hook exists in the model with its
     input width), that the recognizer was fit at the SAE's hook, and that the model recognises every target
@@ -59,8 +66,11 @@ def forget(
     >>> result = forget(model, sae, task, method="sae_guided", max_steps=300)
     >>> result.model, result.history, result.stop_reason
     """
-    config = make_config(method, config, **overrides)
     hook_name = check_pairing(model, sae)
+    if config is None:
+        recipe = recipe if recipe is not None else recipe_for(model)
+        overrides = recipe.overrides(method, hook_name, model.cfg.n_layers) | overrides
+    config = make_config(method, config, **overrides)
     if task.recognizer.hook_name != hook_name:
         raise ValueError(
             f"The task's recognizer was fit at {task.recognizer.hook_name!r} but the SAE reads {hook_name!r}. "

@@ -13,6 +13,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -44,6 +45,11 @@ class ForgetTask:
     newline the model can swap for a full stop) would "forget" an answer the model still gives.
     `unknown` are entities the model has never heard of: what a stranger's question looks like inside the
     model (sae_guided's reference for the question tokens after the name).
+    `answer_judge(attribute, answer_given, gold) -> bool` says whether a free-form answer states the gold
+    value (a real model's lenient check: aliases, demonyms, any listed occupation). With it, suppression
+    baselines stop only when the target's greedy answers are judged wrong, not merely when the gold
+    string's exact tokens are gone (a model that says "United Kingdom" for "England" has not forgotten).
+    None: the exact-token check is the judge (the embedded world, where answers are exact).
     """
 
     targets: list[Entity]
@@ -54,6 +60,7 @@ class ForgetTask:
     prepend_bos: bool = True
     answer_eos: bool = True
     unknown: list[Entity] = field(default_factory=list)
+    answer_judge: Callable[[str, str, str], bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -73,15 +80,20 @@ class ForgetTask:
             raise ValueError("ForgetTask.retain_text is empty: give entity-free text whose loss must not move.")
 
     def facts(self, entities: list[Entity]) -> pd.DataFrame:
-        """(entity, prompt, answer) for every template whose attribute the entity has."""
+        """(entity, attribute, prompt, answer) for every template whose attribute the entity has."""
         return pd.DataFrame(
             [
-                {"entity": e.name, "prompt": t.render(e.name), "answer": e.attributes[t.attribute]}
+                {
+                    "entity": e.name,
+                    "attribute": t.attribute,
+                    "prompt": t.render(e.name),
+                    "answer": e.attributes[t.attribute],
+                }
                 for e in entities
                 for t in self.templates
                 if t.attribute in e.attributes
             ],
-            columns=["entity", "prompt", "answer"],
+            columns=["entity", "attribute", "prompt", "answer"],
         )
 
     def answer_batch(self, model: HookedTransformer, entities: list[Entity]) -> AnswerBatch:
@@ -177,9 +189,19 @@ class StepOutput:
     done: bool
 
 
+DONE_REASONS = ("flipped", "suppressed")
+
+
 @dataclass
 class UnlearnResult:
-    """The edited model (a copy unless `in_place`), the per-step history, and why the run stopped."""
+    """The edited model (a copy unless `in_place`), the per-step history, and why the run stopped.
+
+    `final_probes`: both probes' reading of every target on the returned weights (mean over the task's
+    templates; columns target, p_known_sae, p_known_resid). A target either probe reads at ≥ 0.5 is still
+    known (`still_known`), and then the run is not converged whatever the method's own check said: such a
+    run's `stop_reason` is "still_known" (the method's check passed, a probe did not) or the reason it was
+    cut short ("max_steps", "collapsed", ...), and a `StillKnownWarning` names the numbers.
+    """
 
     method: str
     model: HookedTransformer
@@ -191,11 +213,18 @@ class UnlearnResult:
     seconds: float
     persistent: bool = True  # False for inference-time methods (hooks attached, no weight edit)
     info: dict = field(default_factory=dict)
+    final_probes: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def still_known(self) -> pd.DataFrame:
+        """(target, probe, p_known) for every target a probe ("sae" or "resid") still reads as known."""
+        return still_known(self.final_probes)
 
     @property
     def converged(self) -> bool:
-        """The method's goal was reached and the collapse guard passed the returned weights."""
-        return self.stop_reason in ("flipped", "suppressed")
+        """The method's goal was reached, the collapse guard passed the returned weights and both probes
+        read every target as unknown (p_known < 0.5)."""
+        return self.stop_reason in DONE_REASONS and self.still_known.empty
 
     def config_json(self) -> str:
         return json.dumps({"method": self.method, **asdict(self.config)}, default=str)
@@ -234,11 +263,13 @@ def run(method: Method, model: HookedTransformer) -> UnlearnResult:
     _seed_everything(config.seed)
     edited = model if config.in_place else copy.deepcopy(model)
     start = time.perf_counter()
+    final_probes = pd.DataFrame()
     if method.inference_only:
         method.attach(edited)
         history, stop_reason, steps, untimed = pd.DataFrame(), "hooks_attached", 0, 0.0
     else:
         history, stop_reason, steps, untimed = _optimise(method, edited, hook_name)
+        final_probes, stop_reason = _forgotten_check(method, edited, stop_reason, steps)
     return UnlearnResult(
         method=method.name,
         model=edited,
@@ -249,7 +280,48 @@ def run(method: Method, model: HookedTransformer) -> UnlearnResult:
         steps=steps,
         seconds=time.perf_counter() - start - untimed,
         persistent=not method.inference_only,
+        final_probes=final_probes,
     )
+
+
+def still_known(probes: pd.DataFrame) -> pd.DataFrame:
+    """(target, probe, p_known) for each target of `probes` (target, p_known_sae, p_known_resid) that a
+    probe reads at ≥ 0.5."""
+    if probes.empty:
+        return pd.DataFrame(columns=["target", "probe", "p_known"])
+    long = probes.melt(
+        id_vars="target", value_vars=["p_known_sae", "p_known_resid"], var_name="probe", value_name="p_known"
+    )
+    long["probe"] = long["probe"].str.removeprefix("p_known_")
+    return long[long["p_known"] >= 0.5].reset_index(drop=True)
+
+
+def _forgotten_check(
+    method: Method, model: HookedTransformer, stop_reason: str, steps: int
+) -> tuple[pd.DataFrame, str]:
+    """Both probes on the returned weights; "done" only if neither reads a target as known.
+
+    A method's own stop check can pass while a probe still reads the target as known (a suppression
+    baseline's answers gone, the residual untouched; or a stop check that reads one probe). Then the run
+    did not forget by this project's definition: its stop reason becomes "still_known" and, as for any
+    run that ends with a target still known, a `StillKnownWarning` names the numbers.
+    """
+    task = method.task
+    probes = task.recognizer.p_known(model, method.sae, [e.name for e in task.targets], task.templates)
+    probes = probes[["entity", "p_known_sae", "p_known_resid"]].rename(columns={"entity": "target"})
+    known = still_known(probes)
+    if known.empty:
+        return probes, stop_reason
+    if stop_reason in DONE_REASONS:
+        stop_reason = "still_known"
+    listed = "; ".join(f"{r.target!r}: {r.probe} probe p_known={r.p_known:.2f}" for r in known.itertuples())
+    warnings.warn(
+        f"{method.name}: after {steps} update(s) (stop_reason={stop_reason!r}) a probe still reads a target as "
+        f"known ({listed}; threshold 0.5): not converged, the target is not forgotten.",
+        StillKnownWarning,
+        stacklevel=4,  # the caller of forget()
+    )
+    return probes, stop_reason
 
 
 def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple[pd.DataFrame, str, int, float]:
@@ -351,6 +423,10 @@ def _problem(
 
 class RollbackWarning(UserWarning):
     """An unlearning run was stopped and rolled back to earlier weights (NaN loss, retain blow-up, collapse)."""
+
+
+class StillKnownWarning(UserWarning):
+    """An unlearning run ended with a probe (SAE or residual) still reading a target as known (p ≥ 0.5)."""
 
 
 @dataclass

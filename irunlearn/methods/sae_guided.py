@@ -9,7 +9,7 @@
 
 mean⁺ averages over the (target, template) rows still pushing, so the last rows to flip get the same push
 as the first (a plain mean shrinks it as rows flip, and Adam's step with it). A row that is past δ_name but
-still read as known by the SAE probe pulls on toward μ_U (d(z_t, μ_U)), so the stop rule never waits on a
+still read as known by either probe pulls on toward μ_U (d(z_t, μ_U)), so the stop rule never waits on a
 row that has no gradient.
 
 `objective="pull_push"` gives DESIGN §4's first L_forget, d(z_t, μ_U) − β · min(d(z_t, μ_K), m), which keeps
@@ -40,11 +40,11 @@ With more than `target_rows` (target, template) rows, a step reads each target's
 its templates, in turns: every row once per cycle of shuffled shares, so a step of 10 targets costs about
 what a step of two does.
 
-Stops once, for every target and training template (at the row's latest reading), the SAE probe reads
-unknown (p < 0.5) at the name token, the name token sits closer to μ_U than to μ_K and the question tokens
-closer to Q_U than to Q_K; then runs `extra_steps` more (DESIGN §4): 2 by default. Pushing on overshoots:
-the target's probe reading falls below the strangers' (which the edit nudges up), so the probe tells them
-apart again, from the other side.
+Stops once, for every target and training template (at the row's latest reading), both probes (SAE and
+residual) read unknown (p < 0.5) at the name token, the name token sits closer to μ_U than to μ_K and the
+question tokens closer to Q_U than to Q_K; then runs `extra_steps` more (DESIGN §4): 2 by default.
+Pushing on overshoots: the target's probe reading falls below the strangers' (which the edit nudges up),
+so the probe tells them apart again, from the other side.
 """
 
 from __future__ import annotations
@@ -231,8 +231,10 @@ class SAEGuided(Method):
         retain_latents = self.sae.encode(self.retain_batch.rows(retain_rows).read(model, self.hook_name))
         dist_unknown, dist_known = recognizer.distances(latents, self.subset)
         p_known = recognizer.sae_probe.predict_proba(latents.detach())
+        p_known_resid = recognizer.resid_probe.predict_proba(resid.detach())
+        read_known = (p_known >= 0.5) | (p_known_resid >= 0.5)
         if cfg.objective == "margin":
-            loss_forget = _hinge(dist_unknown, dist_known, cfg.name_margin, keep_pulling=p_known >= 0.5)
+            loss_forget = _hinge(dist_unknown, dist_known, cfg.name_margin, keep_pulling=read_known)
         else:
             loss_forget = (dist_unknown - cfg.beta * dist_known.clamp(max=cfg.margin)).mean()
         loss_act = (retain_latents - self.retain_latents[retain_rows]).square().sum(-1).mean() / self.gap
@@ -244,7 +246,7 @@ class SAEGuided(Method):
         names = [self.target_names[row] for row in target_rows]
         per_target = latent_readings(recognizer, latents, resid, names)
         with torch.no_grad():
-            flipped = (p_known < 0.5) & (dist_unknown < dist_known)
+            flipped = ~read_known & (dist_unknown < dist_known)
         terms = {"loss_forget": loss_forget.item(), "loss_act": loss_act.item(), "loss_lm": loss_lm.item()}
         if self.use_context:
             q_latents = self.sae.encode(acts[questions.rows, questions.cols])
@@ -320,7 +322,7 @@ def _hinge(
 ) -> Float[torch.Tensor, ""]:
     """mean max(0, d_U − d_K + δ): only rows not yet `margin` closer to the unknown centroid pull.
 
-    Rows in `keep_pulling` (those the SAE probe still reads as known) that are past the margin pull on
+    Rows in `keep_pulling` (those a probe still reads as known) that are past the margin pull on
     toward the unknown centroid (d_U), so no row sits without gradient while the stop rule waits on its probe.
     """
     gap = dist_unknown - dist_known + margin

@@ -58,11 +58,14 @@ class NamedFacts:
     question_cols: Int[torch.Tensor, " m"]
 
     @classmethod
-    def build(cls, model: HookedTransformer, facts: pd.DataFrame, prepend_bos: bool = True) -> NamedFacts:
-        """Locate the name of `facts["entity"]` in each `facts["prompt"]` (its first occurrence)."""
+    def build(
+        cls, model: HookedTransformer, facts: pd.DataFrame, prepend_bos: bool = True, append_eos: bool = True
+    ) -> NamedFacts:
+        """Locate the name of `facts["entity"]` in each `facts["prompt"]` (its first occurrence); the lines end
+        with EOS unless `append_eos` is False (a few-shot answer's own tokens)."""
         if facts.empty:
             raise ValueError("NamedFacts needs at least one fact line.")
-        batch = AnswerBatch.build(model, facts, prepend_bos)
+        batch = AnswerBatch.build(model, facts, prepend_bos, append_eos)
         answer_start = batch.answer_mask.float().argmax(-1) + 1  # first answer token of each line
         name_rows, name_cols, name_offsets, question_rows, question_cols = [], [], [], [], []
         bos = int(prepend_bos)
@@ -94,7 +97,7 @@ class NamedFacts:
         )
 
     def answer_logprob(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
-        """Summed log-probability of each line's answer tokens (EOS included)."""
+        """Summed log-probability of each line's answer tokens (EOS included when the lines end with it)."""
         return -self.batch.answer_nll(logits)
 
     def name_tokens_of(self, index: Int[torch.Tensor, " k"]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,8 +1,12 @@
 """The shared part of suppression baselines: push the target's answers down, stop when they are gone.
 
-Subclasses supply only `forget_loss` (and `retain_loss`); the step, the greedy stop check (every target's
-training-template answers no longer produced, i.e. `forget_acc ≤ max_forget_acc`) and the probe
-tracking that shows what happened inside live here once.
+Subclasses supply only `forget_loss` (and `retain_loss`); the step, the stop check and the probe tracking
+that shows what happened inside live here once. The stop check: every target's training-template answers
+are no longer produced (`forget_acc ≤ max_forget_acc`), by teacher-forced exact tokens and, where the task
+has an `answer_judge`, by judging the greedy answer itself (checked only when the exact tokens are gone,
+since an answer still given token for token is still right). The loop then asks both probes whether the
+target is forgotten (`base._forgotten_check`): answers gone with the residual still "known" is suppression,
+reported as "still_known", not converged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import sae_hook_name
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.methods.base import ForgetConfig, Method, StepOutput, latent_readings
+from irunlearn.qa import greedy_answers
 
 
 @dataclass
@@ -29,6 +34,7 @@ class SuppressionConfig(ForgetConfig):
     retain_weight: float = 0.0
     n_retain_text: int = 96
     track_probe: bool = True
+    judge_tokens: int = 8  # greedy answer length judged by `ForgetTask.answer_judge`
 
 
 class Suppression(Method):
@@ -41,6 +47,7 @@ class Suppression(Method):
         task, cfg = self.task, self.config
         self.hook_name = sae_hook_name(self.sae)
         self.forget = task.answer_batch(model, task.targets)
+        self.target_facts = task.facts(task.targets)
         self.target_batch, self.target_names = task.entity_batch(model, task.targets)
         rng = random.Random(cfg.seed)
         lines = task.retain_lines(task.retain, cfg.n_retain_text, rng)
@@ -73,4 +80,19 @@ class Suppression(Method):
                 resid = self.target_batch.read(model, self.hook_name)
                 readings = latent_readings(self.task.recognizer, self.sae.encode(resid), resid, self.target_names)
             per_target = per_target.merge(readings, on="target")
-        return StepOutput(loss, terms, per_target, done=bool((forget_acc <= cfg.max_forget_acc).all()))
+        done = bool((forget_acc <= cfg.max_forget_acc).all())
+        if done and self.task.answer_judge is not None:
+            judged = self.judged_forget_acc(model)
+            per_target["forget_acc_judged"] = per_target["target"].map(judged)
+            done = bool((judged <= cfg.max_forget_acc).all())
+        return StepOutput(loss, terms, per_target, done=done)
+
+    def judged_forget_acc(self, model: HookedTransformer) -> pd.Series:
+        """Per target: fraction of its training questions whose greedy answer the task's judge calls right."""
+        facts, judge = self.target_facts, self.task.answer_judge
+        given = greedy_answers(model, facts["prompt"].tolist(), self.config.judge_tokens, self.task.prepend_bos)
+        right = [
+            judge(attribute, answer, gold)
+            for attribute, answer, gold in zip(facts["attribute"], given, facts["answer"], strict=True)
+        ]
+        return pd.Series(right, index=facts["entity"], dtype=float).groupby(level=0, sort=False).mean()
