@@ -38,14 +38,15 @@ from locate_gemma import TUNING_SEED, own_answers, tuning_people
 from tables import markdown
 
 from irunlearn.entities import Entity, EntitySet
+from irunlearn.judges import LenientJudge
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.methods import ForgetTask, forget
 from irunlearn.models import load_model, load_sae
+from irunlearn.qa import greedy_generate
 from irunlearn.real.corpus import generic_paragraphs
-from irunlearn.real.labelling import greedy_generate
 from irunlearn.real.people import PERSON, people_bench, person_templates
 from irunlearn.real.sae import GEMMA3_SAE
-from irunlearn.real.wikidata import check_answer, question_templates
+from irunlearn.real.wikidata import attributes, check_answer, question_templates
 from irunlearn.recognition import fit_recognizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -167,9 +168,9 @@ def main() -> None:
         before = readings(model, sae, recognizer, target, people, prose, base)
         facts = own_answers(target, bench.answers)
 
-        def judge(attribute: str, given: str, gold: str, truth=target.attributes) -> bool:
-            return check_answer(PERSON, attribute, given, truth[attribute])
-
+        judge = LenientJudge(
+            checks={spec.name: spec.check for spec in attributes(PERSON)}, gold={facts.name: target.attributes}
+        )
         task = ForgetTask(
             targets=[facts],
             retain=retain,

@@ -322,7 +322,8 @@ class EntityBench:
         )
 
     def task(self, model: HookedTransformer, targets: Sequence[Entity], recognizer: Recognizer) -> ForgetTask:
-        """Forget `targets`; retain the other known entities not held out for evaluation; keep the retain text."""
+        """Forget `targets`; retain the other known entities not held out for evaluation; keep the retain text.
+        Suppression baselines stop on the bench's judge where it is not the exact-token check."""
         left_out = {t.name for t in targets} | {e.name for e in self.retain_eval}
         return ForgetTask(
             targets=list(targets),
@@ -333,6 +334,7 @@ class EntityBench:
             prepend_bos=model.cfg.default_prepend_bos,
             answer_eos=self.answer_eos,
             unknown=self.references,
+            answer_judge=None if self.judge == "exact" else get_judge(self.judge).from_bench(self),
         )
 
     def evaluator(

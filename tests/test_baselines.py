@@ -4,8 +4,10 @@ import dataclasses
 import warnings
 
 import pytest
+import torch
 
 from irunlearn.entities import Entity
+from irunlearn.judges import Judge
 from irunlearn.methods import forget
 from irunlearn.methods.base import StillKnownWarning, UnlearnResult
 from irunlearn.methods.grad_ascent import GradAscent, GradAscentConfig
@@ -79,7 +81,14 @@ def test_suppression_stops_on_the_judged_answer_not_on_the_gold_tokens(ew, setti
     is still right, so with an answer judge the baseline is not done."""
     task, _, _ = setting
     reworded = [Entity(t.name, {a: "a phrasing the model never uses" for a in t.attributes}) for t in task.targets]
-    for judge, done in ((None, True), (lambda attribute, given, gold: True, False)):
+
+    class AlwaysRight(Judge):
+        name = "always_right"
+
+        def correct(self, model, questions, prepend_bos):
+            return torch.ones(len(questions), dtype=torch.bool)
+
+    for judge, done in ((None, True), (AlwaysRight(), False)):
         method = GradAscent(dataclasses.replace(task, targets=reworded, answer_judge=judge), ew.sae, GradAscentConfig())
         method.setup(ew.model)
         out = method.step(ew.model)

@@ -13,7 +13,6 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -26,6 +25,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
+from irunlearn.judges import Judge
 from irunlearn.lm import encode_lines, lm_loss, token_nll
 from irunlearn.methods.params import TrainableWeights
 from irunlearn.prompts import Template, bos_id
@@ -45,11 +45,11 @@ class ForgetTask:
     newline the model can swap for a full stop) would "forget" an answer the model still gives.
     `unknown` are entities the model has never heard of: what a stranger's question looks like inside the
     model (sae_guided's reference for the question tokens after the name).
-    `answer_judge(attribute, answer_given, gold) -> bool` says whether a free-form answer states the gold
-    value (a real model's lenient check: aliases, demonyms, any listed occupation). With it, suppression
-    baselines stop only when the target's greedy answers are judged wrong, not merely when the gold
-    string's exact tokens are gone (a model that says "United Kingdom" for "England" has not forgotten).
-    None: the exact-token check is the judge (the embedded world, where answers are exact).
+    `answer_judge` is the bench's answer judge (`irunlearn.judges.Judge`, e.g. the lenient one of a real
+    model: aliases, demonyms, any listed occupation). With it, suppression baselines stop only when the
+    target's answers are judged wrong, not merely when the gold string's exact tokens are gone (a model
+    that says "United Kingdom" for "England" has not forgotten). None: the exact-token check is the judge
+    (the embedded world, where answers are exact; `EntityBench.task` sets it for other judges).
     """
 
     targets: list[Entity]
@@ -60,7 +60,7 @@ class ForgetTask:
     prepend_bos: bool = True
     answer_eos: bool = True
     unknown: list[Entity] = field(default_factory=list)
-    answer_judge: Callable[[str, str, str], bool] | None = None
+    answer_judge: Judge | None = None
 
     def __post_init__(self) -> None:
         if not self.targets:

@@ -22,7 +22,6 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import sae_hook_name
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.methods.base import ForgetConfig, Method, StepOutput, latent_readings
-from irunlearn.qa import greedy_answers
 
 
 @dataclass
@@ -34,7 +33,6 @@ class SuppressionConfig(ForgetConfig):
     retain_weight: float = 0.0
     n_retain_text: int = 96
     track_probe: bool = True
-    judge_tokens: int = 8  # greedy answer length judged by `ForgetTask.answer_judge`
 
 
 class Suppression(Method):
@@ -89,10 +87,6 @@ class Suppression(Method):
 
     def judged_forget_acc(self, model: HookedTransformer) -> pd.Series:
         """Per target: fraction of its training questions whose greedy answer the task's judge calls right."""
-        facts, judge = self.target_facts, self.task.answer_judge
-        given = greedy_answers(model, facts["prompt"].tolist(), self.config.judge_tokens, self.task.prepend_bos)
-        right = [
-            judge(attribute, answer, gold)
-            for attribute, answer, gold in zip(facts["attribute"], given, facts["answer"], strict=True)
-        ]
-        return pd.Series(right, index=facts["entity"], dtype=float).groupby(level=0, sort=False).mean()
+        facts = self.target_facts
+        right = self.task.answer_judge.correct(model, facts, self.task.prepend_bos)
+        return pd.Series(right.float().cpu().numpy(), index=facts["entity"]).groupby(level=0, sort=False).mean()
