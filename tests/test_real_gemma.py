@@ -35,7 +35,7 @@ from irunlearn.real.people import (
     person_templates,
 )
 from irunlearn.real.sae import GEMMA3_SAE, pack_documents
-from irunlearn.real.wikidata import check_answer
+from irunlearn.real.wikidata import check_answer, wikidata_dir
 from irunlearn.recognition import fit_recognizer
 
 PROMPTS = [
@@ -266,6 +266,12 @@ def gemma():
 
 @pytest.fixture(scope="module")
 def bench(gemma):
+    """The people bench; skips with where the data go when the shared people or Wikidata records are absent."""
+    try:
+        people_dir()
+        wikidata_dir()
+    except FileNotFoundError as missing:
+        pytest.skip(f"The people bench needs the shared records: {missing}")
     return people_bench(gemma, progress=False)
 
 
