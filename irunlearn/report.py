@@ -9,6 +9,9 @@ from the metric registry) and the provenance (version, commit, seeds, hook, conf
 `forgetting_sections` builds the standard sections for `UnlearnResult`s of the same targets, each paragraph
 generated from the numbers it shows; `forgetting_report` does both (what `irunlearn report` runs);
 `evaluate_runs` evaluates the runs with a progress bar per phase; `screenshot` renders the first screen.
+Where the targets are a forget set with an oracle (the world retrained without them, `matching_oracle`),
+`with_oracle` adds its row to the metrics, its own probes' readings to the glance figure and relearning
+curves of every run, the oracle and strangers: what exact unlearning reaches, next to each method.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -37,6 +41,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn import __version__
 from irunlearn.activations import encode_latents, extract_activations
+from irunlearn.depth import best_of_lr, relearn_attacks
 from irunlearn.edits import weights_hash
 from irunlearn.entities import EntitySet
 from irunlearn.evaluation import Evaluator
@@ -54,10 +59,15 @@ from irunlearn.plots import (
     method_comparison,
     optimisation_history,
     probe_distributions,
+    relearn_curves,
     separation_bars,
 )
 from irunlearn.prompts import Template
 from irunlearn.recognition import Recognizer
+
+if TYPE_CHECKING:
+    from irunlearn.world.artifacts import EmbeddedWorld
+    from irunlearn.world.oracle import Oracle
 
 # The evaluator's own columns and the run's: (definition, direction, what a genuine forget looks like).
 # Direction: "↑" higher is better, "↓" lower is better, "→" closest to the stated reference, "" not a score.
@@ -82,6 +92,12 @@ CORE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "dist_ratio": ("dist_to_unknown ÷ dist_to_known", "↓", "< 1: nearer the strangers' centroid"),
     "ppl_ratio": ("perplexity on held-out generic text, after ÷ before", "→", "≈ 1"),
 }
+ORACLE = "oracle"  # the row label of the model retrained without the targets, in tables and figures
+STRANGERS = "strangers (original model)"  # the relearning reference: strangers taught the targets' facts
+# The relearning curves of the report: the attacker's best of these rates at each of these steps (a subset of
+# `irunlearn.depth`'s full protocol, which runs 200 steps at five rates, to keep a report at minutes).
+REPORT_RELEARN_STEPS = (0, 5, 10, 25, 50)
+REPORT_RELEARN_LRS = (3e-4, 1e-3, 3e-3)
 # Registered metrics declare the direction of their main column only; these are their other columns'.
 SECONDARY_DIRECTIONS = {"indistinguishability_resid": "↑", "distinct2": "↑", "repetition_rate": "↓"}
 DIRECTION_WORDS = {"↑": "higher is better", "↓": "lower is better", "→": "closest to its reference is best", "": ""}
@@ -435,6 +451,129 @@ def evaluate_runs(
     return metrics_table(results, summaries)
 
 
+# The oracle and relearning curves ------------------------------------------------------------------
+
+
+def oracle_metrics(evaluator: Evaluator, oracle: Oracle, genuineness: bool = True) -> dict[str, object]:
+    """The oracle as one more row of the metrics table: what exact unlearning (retraining without the
+    targets) scores on the evaluator's own questions, people and text.
+
+    Behaviour (forget, idk, retain, perplexity, relearning) is measured by `evaluator` on the oracle's
+    model, against the same original model. The probe columns (p_known, distances, indistinguishability)
+    are read by the oracle's *own* SAE and recognizer: the original model's probes do not apply to another
+    model's residual stream, and the oracle's are fitted without the targets, so they show what "never
+    learned" reads as. `seconds` is the oracle's training time (model, SAE and recognizer), the cost exact
+    unlearning pays; `steps` is left empty.
+
+    >>> metrics = pd.concat([metrics, pd.DataFrame([oracle_metrics(evaluator, load_oracle("forget01"))])])
+    """
+    names = {t.name for t in evaluator.targets}
+    if names != {e.name for e in oracle.forget}:
+        raise ValueError(
+            f"The oracle {oracle.name!r} was retrained without {sorted(e.name for e in oracle.forget)}, but the "
+            f"evaluator's targets are {sorted(names)}: an oracle is a reference only for its own forget set."
+        )
+    own_probes = replace(evaluator, sae=oracle.sae, recognizer=oracle.recognizer)
+    summary, _ = own_probes.evaluate(oracle.model, genuineness=genuineness)
+    return {
+        "method": ORACLE,
+        "targets": ", ".join(t.name for t in evaluator.targets),
+        "stop_reason": "retrained without the targets",
+        "steps": float("nan"),
+        "seconds": float(oracle.info.get("timings", {}).get("total_s", float("nan"))),
+        **summary,
+    }
+
+
+def oracle_readings(
+    oracle: Oracle, targets: Sequence[str], strangers: Sequence[str], templates: Sequence[Template] | None = None
+) -> pd.DataFrame:
+    """The oracle's own probes on the targets and on strangers: rows for `genuineness_at_a_glance`.
+
+    One row per entity (`model` = "oracle", `role` "target" or "stranger", `entity`, `p_known_sae`,
+    `p_known_resid`), means over `templates` (default: the oracle recognizer's). Where the oracle's
+    targets sit against its strangers is what a genuine forget should reproduce.
+    """
+    names = list(targets) + list(strangers)
+    roles = ["target"] * len(targets) + ["stranger"] * len(strangers)
+    frame = oracle.recognizer.p_known(oracle.model, oracle.sae, names, templates)
+    return frame[["entity", "p_known_sae", "p_known_resid"]].assign(model=ORACLE, role=roles)
+
+
+def relearning_curves(
+    evaluator: Evaluator,
+    models: Mapping[str, HookedTransformer],
+    attack: str = "half",
+    steps: Sequence[int] = REPORT_RELEARN_STEPS,
+    lrs: Sequence[float] = REPORT_RELEARN_LRS,
+    strangers: bool = True,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Relearning curves for `genuineness_at_a_glance`: one row per model (`method` = its label) and a
+    column `relearn_<attack>_recall_k<step>` per step, the attacker's best recall over `lrs` there.
+
+    The attack is `irunlearn.depth`'s (`half`: fine-tune on half of each target's facts, every training
+    phrasing, and ask the other half). With `strangers`, a last row (`STRANGERS`) runs the same attack on
+    the original model for strangers given the targets' facts: the curve of a name never learned. Pass
+    the edited models and, where one exists, the oracle's (`{"sae_guided": r.model, "oracle": o.model}`):
+    a genuine forget relearns along the oracle's and the strangers' curves, suppression jumps back.
+    """
+    runs = [(label, model, False) for label, model in models.items()]
+    if strangers:
+        runs.append((STRANGERS, evaluator.model, True))
+    bar = tqdm(runs, desc="relearning curves", disable=not progress, leave=True)
+    rows = []
+    for label, model, as_strangers in bar:
+        bar.set_postfix_str(label)
+        curves = relearn_attacks(evaluator, model, [attack], strangers=as_strangers, lrs=lrs, steps=steps)
+        best = best_of_lr(curves)
+        rows.append(
+            {"method": label} | {f"relearn_{attack}_recall_k{int(r.step)}": float(r.recall) for r in best.itertuples()}
+        )
+    return pd.DataFrame(rows)
+
+
+def matching_oracle(ew: EmbeddedWorld, targets: Sequence[str]) -> Oracle | None:
+    """The world's oracle whose forget set is exactly `targets` (in any order), or None where the targets
+    are no standard forget set or its oracle was not built. An oracle is a reference only for the very
+    people it never saw, so no partial match is offered."""
+    from irunlearn.world.oracle import load_oracle
+
+    for name, people in ew.world.forget_sets.items():
+        if sorted(people) == sorted(targets):
+            try:
+                return load_oracle(name, ew)
+            except FileNotFoundError:
+                return None
+    return None
+
+
+def with_oracle(
+    evaluator: Evaluator,
+    oracle: Oracle,
+    results: Sequence[UnlearnResult],
+    metrics: pd.DataFrame,
+    genuineness: bool = True,
+    steps: Sequence[int] = REPORT_RELEARN_STEPS,
+    lrs: Sequence[float] = REPORT_RELEARN_LRS,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """What `forgetting_report` needs to show the oracle: `metrics` with the oracle's row appended
+    (`oracle_metrics`), the oracle's probe readings of the targets and the evaluator's strangers
+    (`oracle_readings`), and the relearning curves of every run, the oracle and the strangers
+    (`relearning_curves`).
+
+    >>> metrics, probes, curves = with_oracle(evaluator, oracle, results, metrics)
+    >>> forgetting_report(out, ..., metrics, oracle_probes=probes, relearning=curves)
+    """
+    row = oracle_metrics(evaluator, oracle, genuineness)
+    strangers = [u.name for u in evaluator.unknown_reference]
+    probes = oracle_readings(oracle, [t.name for t in evaluator.targets], strangers)
+    models = {r.method: r.model for r in results} | {ORACLE: oracle.model}
+    curves = relearning_curves(evaluator, models, steps=steps, lrs=lrs, progress=progress)
+    return pd.concat([metrics, pd.DataFrame([row])], ignore_index=True), probes, curves
+
+
 def git_commit(path: str | Path | None = None) -> str:
     """The git commit of the checkout holding `path` (default: this package), "+dirty" when tracked files
     changed, or a note when it is not a git checkout."""
@@ -598,15 +737,22 @@ def _band_verdict(probes: pd.DataFrame, model: str, column: str, band: tuple[flo
 
 
 def genuineness_caption(
-    readings: EntityReadings, metrics: pd.DataFrame | None, band: tuple[float, float] = (0.05, 0.95)
+    readings: EntityReadings,
+    metrics: pd.DataFrame | None,
+    oracle_probes: pd.DataFrame | None = None,
+    relearning: pd.DataFrame | None = None,
+    band: tuple[float, float] = (0.05, 0.95),
 ) -> str:
-    """One sentence per method: where its targets sit against the strangers' band on each probe, and how
-    much relearning brought back against the strangers' reference."""
+    """One sentence per method (and the oracle, given its readings): where its targets sit against the
+    strangers' band on each probe, and how much relearning brought back against the strangers' reference;
+    with relearning curves, one more sentence on the recall each model reached at the last step."""
     n = len(readings.targets)
     probes = [c for c in PROBE_COLUMNS if c in readings.probes]
+    frame = readings.probes if oracle_probes is None else pd.concat([readings.probes, oracle_probes])
+    models = [*readings.after, *([ORACLE] if oracle_probes is not None else [])]
     sentences = []
-    for method in readings.after:
-        verdicts = {c: _band_verdict(readings.probes, method, c, band) for c in probes}
+    for method in models:
+        verdicts = {c: _band_verdict(frame, method, c, band) for c in probes}
         words = {v for v, _ in verdicts.values()}
         where = (
             f"{next(iter(words))} the strangers' band on both probes"
@@ -614,7 +760,8 @@ def genuineness_caption(
             else "; ".join(f"{verdict} the band on the {PROBE_COLUMNS[c]}" for c, (verdict, _) in verdicts.items())
         )
         numbers = "; ".join(f"{PROBE_COLUMNS[c]}: {text}" for c, (_, text) in verdicts.items())
-        sentence = f"{method} left {_people(n)} {where} ({numbers})"
+        verb = "(retrained without them) reads" if method == ORACLE else "left"
+        sentence = f"{method} {verb} {_people(n)} {where} ({numbers})"
         row = metrics[metrics["method"] == method] if metrics is not None and "method" in metrics else None
         if row is not None and len(row) and {"relearn_acc", "relearn_acc_unknown_ref"} <= set(row.columns):
             sentence += (
@@ -622,6 +769,13 @@ def genuineness_caption(
                 f"against {format_value(float(row['relearn_acc_unknown_ref'].iloc[0]))} for strangers taught the same"
             )
         sentences.append(sentence + ".")
+    curves = relearn_curves(relearning) if relearning is not None else {}
+    if curves and "method" in relearning:
+        series, points = next(iter(curves.items()))
+        last_step, column = points[-1]
+        labels, values = relearning["method"], relearning[column]
+        reached = ", ".join(f"{label} {format_value(float(v))}" for label, v in zip(labels, values, strict=True))
+        sentences.append(f"Relearning ({series}), recall of the held-back facts after {last_step} steps: {reached}.")
     intro = (
         f"Genuine forgetting puts the targets inside the strangers' {band[0]:.0%}–{band[1]:.0%} band on both "
         "probes (the strangers read by the same edited model) and relearns them no faster than strangers. "
@@ -796,11 +950,15 @@ def forgetting_sections(
     max_targets: int = 3,
     seed: int = 0,
     progress: bool = False,
+    oracle_probes: pd.DataFrame | None = None,
+    relearning: pd.DataFrame | None = None,
 ) -> dict[str, Section]:
     """The standard sections of forgetting runs on the same targets, keyed by heading, each with its paragraph.
 
     `model` is the original; `results` the runs (one per method). In order: genuineness at a glance
-    (targets vs the strangers' band on both probes, and relearning from `metrics`), the latent map
+    (targets vs the strangers' band on both probes, with an oracle row from `oracle_probes`
+    (`oracle_readings`) where one exists; relearning as the curves of `relearning` (`relearning_curves`)
+    if given, else as the bars of `metrics`' `relearn_acc`), the latent map
     (centroid-axis projection, one arrow per target and run), the method comparison (given a `metrics`
     table with a `method` column), probe p_known by group, each run's optimisation history, feature shifts
     of up to `max_targets` targets per run, and the recognizer's known- and unknown-latents. Readings
@@ -811,10 +969,14 @@ def forgetting_sections(
     glance = probes[probes["role"] != "known"].assign(
         model=lambda f: f["model"].where(f["model"] != "original", "original (before)")
     )
-    relearning = metrics if metrics is not None and "relearn_acc" in metrics else None
+    if oracle_probes is not None:
+        glance = pd.concat([glance, oracle_probes], ignore_index=True)
+    if relearning is None and metrics is not None and "relearn_acc" in metrics:
+        relearning = metrics
     sections = {
         "Genuineness at a glance": Section(
-            genuineness_at_a_glance(glance, relearning), genuineness_caption(readings, metrics)
+            genuineness_at_a_glance(glance, relearning),
+            genuineness_caption(readings, metrics, oracle_probes, relearning),
         ),
         "Latent map": Section(
             latent_map(
@@ -882,10 +1044,24 @@ def forgetting_figures(
     max_targets: int = 3,
     seed: int = 0,
     progress: bool = False,
+    oracle_probes: pd.DataFrame | None = None,
+    relearning: pd.DataFrame | None = None,
 ) -> dict[str, go.Figure]:
     """The figures of `forgetting_sections` alone, keyed by heading (e.g. to show them in a notebook)."""
     sections = forgetting_sections(
-        model, sae, recognizer, results, entities, metrics, templates, n_cloud, max_targets, seed, progress
+        model,
+        sae,
+        recognizer,
+        results,
+        entities,
+        metrics,
+        templates,
+        n_cloud,
+        max_targets,
+        seed,
+        progress,
+        oracle_probes=oracle_probes,
+        relearning=relearning,
     )
     return {name: section.figure for name, section in sections.items()}
 
@@ -905,17 +1081,38 @@ def forgetting_report(
     n_cloud: int = 200,
     seed: int = 0,
     progress: bool = True,
+    oracle_probes: pd.DataFrame | None = None,
+    relearning: pd.DataFrame | None = None,
 ) -> Path:
     """`forgetting_sections` + `write_report` with the runs' provenance: the standard report. Returns index.html.
 
     `provenance` adds entries to `run_provenance`'s (e.g. the command line); `n_cloud` known people and
-    strangers, drawn with `seed`, make the clouds (`read_entities`).
+    strangers, drawn with `seed`, make the clouds (`read_entities`). Where the targets have an oracle,
+    give its row in `metrics` (`oracle_metrics`), its readings (`oracle_readings`) and the relearning
+    curves with it (`relearning_curves`): the headline table, the glance figure and the methods compared
+    then show what exact unlearning reaches.
 
     >>> metrics = evaluate_runs(evaluator, [result])
     >>> forgetting_report("reports/demo", ew.model, ew.sae, recognizer, [result], ew.world.entities, metrics)
+    >>> oracle = load_oracle("forget01", ew)                     # targets = ew.world.forget_set("forget01")
+    >>> metrics = pd.concat([metrics, pd.DataFrame([oracle_metrics(evaluator, oracle)])], ignore_index=True)
+    >>> curves = relearning_curves(evaluator, {"sae_guided": result.model, "oracle": oracle.model})
+    >>> probes = oracle_readings(oracle, result.targets, [u.name for u in evaluator.unknown_reference])
+    >>> forgetting_report(out, ..., metrics, oracle_probes=probes, relearning=curves)
     """
     sections = forgetting_sections(
-        model, sae, recognizer, results, entities, metrics, templates, n_cloud, seed=seed, progress=progress
+        model,
+        sae,
+        recognizer,
+        results,
+        entities,
+        metrics,
+        templates,
+        n_cloud,
+        seed=seed,
+        progress=progress,
+        oracle_probes=oracle_probes,
+        relearning=relearning,
     )
     title = title or f"Forgetting {', '.join(results[0].targets)}: {', '.join(r.method for r in results)}"
     facts = run_provenance(model, sae, recognizer, results, seed, provenance)
