@@ -9,13 +9,15 @@ the same code (`irunlearn.run`).
 
 >>> bench = EntityBench.from_world(irunlearn.load_world())
 >>> bench = EntityBench.from_frame(rows, unknown_names=["Tomasz Wierzbicki", ...])   # your own questions
+>>> bench = EntityBench.from_records("person", model)                                 # labelled by the model
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pandas as pd
 from sae_lens import SAE
@@ -23,6 +25,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.entities import UNKNOWN_ANSWER, Entity, EntitySet
 from irunlearn.evaluation import Evaluator
+from irunlearn.judges import get_judge
 from irunlearn.methods.base import ForgetTask
 from irunlearn.prompts import NAME_SLOT, Template
 from irunlearn.recognition import Recognizer, fit_recognizer
@@ -31,6 +34,9 @@ from irunlearn.world.generator import ATTRIBUTE_VALUES
 FRAME_COLUMNS = ("entity", "question", "answer")
 N_STRANGERS = 50  # world: the last unknown names are the evaluator's strangers; the task's references precede
 MIN_PER_SIDE = 5  # recognition splits each population 60/20/20 into fit / calibration / test
+N_RECORDS = 300  # from_records: Wikidata records drawn per kind by default
+N_PLAYERS = 120  # from_records("person"): obscure basketball players labelled as candidate unknowns
+N_GENERIC_TRAIN, N_GENERIC_HELDOUT = 48, 40  # generic paragraphs: retain text (and latent filter), perplexity
 
 
 @dataclass
@@ -47,6 +53,11 @@ class EntityBench:
     - `answer_eos`: whether an exact answer ends with the end-of-sequence token (the world's format).
     - `attribute_values`: every value each attribute can take (perturbed answers, strangers' invented
       facts, forced choice); empty: the evaluator uses the values seen among the bench's people.
+    - `judge`: the registered answer judge (`irunlearn.judges`) that decides whether an answer is right:
+      `"exact"` (teacher-forced exact match, with `answer_eos`) or `"lenient"` (free-form greedy answers
+      checked per attribute; real models).
+    - `gold_answers`: per entity and attribute, the reference value a lenient judge also accepts besides the
+      entity's own fact (from records, whose facts are the model's own answers; empty otherwise).
     """
 
     name: str
@@ -61,8 +72,11 @@ class EntityBench:
     idk_answer: str | None = UNKNOWN_ANSWER
     answer_eos: bool = True
     attribute_values: dict[str, list[str]] = field(default_factory=dict)
+    judge: str = "exact"
+    gold_answers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        get_judge(self.judge)  # an unknown judge fails here, naming the registered ones
         for label, items in (
             ("train_templates", self.train_templates),
             ("retain_text", self.retain_text),
@@ -155,6 +169,122 @@ class EntityBench:
             answer_eos=False,
         )
 
+    @classmethod
+    def from_records(
+        cls,
+        kind: str,
+        model: HookedTransformer,
+        *,
+        n: int | None = None,
+        seed: int = 0,
+        data_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> EntityBench:
+        """A bench of real entities, labelled known / unknown by `model`'s own answers (Ferrando et al.).
+
+        `kind` is a Wikidata kind (`city`, `player`, `song`, `movie`: `n` records drawn with `seed`, default
+        `N_RECORDS`; for cities every city of a million inhabitants or more joins them, since a random draw
+        is mostly small towns) or `"person"` (the famous people of `../shared/data/people/` as candidate
+        known entities and `n` obscure real basketball players, default 120, as candidate unknown ones:
+        `irunlearn.real.people.people_bench`). `data_dir`: the records folder (Wikidata, or the people folder
+        for `"person"`); default: the shared data. Each candidate is asked its kind's labelling questions
+        and labelled by `label_entities` (cached on disk by the model's `weights_hash`): *known* with at
+        least two right answers, of which at least one differs from the answer the model gives most often
+        to the unknown candidates (known for more than a lucky default guess); *unknown* with none right;
+        the rest is left out. Unknown entities are obscure real entities of the same kind, not invented
+        names: on real models invented names separate from real ones at layer 0, by their word pieces, so a
+        probe against them would learn spelling, not recognition.
+
+        The facts of a known entity are the model's own correct answers ("China", "2.1 million"): what the
+        suppression methods push down and relearning teaches, since the record's wording ("People's
+        Republic of China", "2148000") is often not what the model says. The `lenient` judge accepts an
+        answer that matches the model's own answer or passes the attribute's check against the record's
+        value (`gold_answers`). Templates are the kind's training and held-out questions (`question_templates`;
+        for people `person_templates`, which add open "Tell me about NAME" prompts for recognition); retain
+        and held-out text are `N_GENERIC_TRAIN` / `N_GENERIC_HELDOUT` paragraphs of generic prose drawn
+        with `seed` (`irunlearn.real.corpus`). A quarter of the known entities are held out for retain
+        accuracy; the unknown ones are halved into the evaluator's strangers and `sae_guided`'s references.
+
+        >>> bench = EntityBench.from_records("person", load_model("smollm2"))
+        >>> irunlearn.run(bench, model, sae, ["sae_guided"], targets=["Elon Musk"])
+        """
+        from irunlearn.real.corpus import generic_paragraphs
+        from irunlearn.real.labelling import label_entities
+        from irunlearn.real.people import PERSON, people_bench, person_templates
+        from irunlearn.real.wikidata import KINDS, cities_above, load_entities, question_templates
+
+        if kind not in (*KINDS, PERSON):
+            raise ValueError(f"from_records knows the kinds {[*KINDS, PERSON]}, not {kind!r}.")
+        if n is not None and (not isinstance(n, int) or n < 2 * MIN_PER_SIDE):
+            raise ValueError(f"n={n!r}: draw at least {2 * MIN_PER_SIDE} records (or None for the default).")
+        if kind == PERSON:
+            people = people_bench(model, n_players=n or N_PLAYERS, seed=seed, people_data=data_dir, progress=progress)
+            entity_set, answers = people.entities, people.answers
+            defaults = _default_answers(people.made_up_answers)
+            train, heldout = person_templates("train"), person_templates("heldout")
+        else:
+            records = load_entities(kind, n=n or N_RECORDS, seed=seed, data_dir=data_dir)
+            if kind == "city":
+                drawn = {c.name for c in records}
+                records += [c for c in cities_above(1e6, data_dir) if c.name not in drawn]
+            entity_set, answers = label_entities(model, records, progress=progress)
+            defaults = _default_answers(answers[answers["label"] == "unknown"])
+            train, heldout = question_templates(kind, "train"), question_templates(kind, "heldout")
+        table = answers.drop_duplicates("name").set_index("name")
+        known = [
+            _own_facts(e, table.loc[e.name]) for e in entity_set.known if _beyond_default(table.loc[e.name], defaults)
+        ]
+        unknown = list(entity_set.unknown)
+        if len(known) < 2 * MIN_PER_SIDE or len(unknown) < 2 * MIN_PER_SIDE:
+            raise ValueError(
+                f"{model.cfg.model_name} knows {len(known)} and does not know {len(unknown)} of the {kind} records "
+                f"drawn (seed {seed}); a bench needs at least {2 * MIN_PER_SIDE} of each (recognition splits each "
+                "side 60/20/20 and a quarter of the known ones measure retain). Draw more records with n=."
+            )
+        rng = random.Random(seed)
+        shuffled = rng.sample(unknown, len(unknown))
+        half = len(shuffled) // 2
+        return cls(
+            name=f"records:{kind}",
+            entities=EntitySet(known, unknown),
+            train_templates=train,
+            heldout_templates=heldout,
+            retain_text=rng.sample(generic_paragraphs("train"), N_GENERIC_TRAIN),
+            heldout_text=rng.sample(generic_paragraphs("heldout"), N_GENERIC_HELDOUT),
+            retain_eval=rng.sample(known, max(1, round(0.25 * len(known)))),
+            references=shuffled[:half],
+            strangers=shuffled[half:],
+            idk_answer=None,
+            answer_eos=False,
+            judge="lenient",
+            gold_answers={e.name: dict(e.attributes) for e in entity_set.known},
+        )
+
+    def with_rows(self, rows: pd.DataFrame) -> EntityBench:
+        """This bench plus the entities of your own `(entity, question, answer[, split][, attribute])` table,
+        as extra known entities (a new bench; this one is unchanged).
+
+        The table is read as `from_frame` reads it (each question names its entity once and becomes a
+        template; `train` and `heldout` rows both needed). Its entities can then be targets, forgotten
+        against the bench's own unknown entities: a person in no record, asked your questions. Their answers
+        are judged by the bench's judge against your answers (a lenient judge checks names loosely).
+
+        >>> bench = EntityBench.from_records("person", model).with_rows(pd.read_csv("my_questions.csv"))
+        >>> irunlearn.run(bench, model, sae, ["sae_guided"], targets=["Ada Quill"])
+        """
+        entities, train, heldout = _frame_entities(rows)
+        if clash := sorted({e.name for e in entities} & {e.name for e in self.entities}):
+            raise ValueError(
+                f"The table's entities {clash[:5]} are already in bench {self.name!r}; rename them or drop those rows."
+            )
+        return replace(
+            self,
+            name=f"{self.name}+rows",
+            entities=EntitySet([*self.entities.known, *entities], list(self.entities.unknown)),
+            train_templates=[*self.train_templates, *(t for t in train if t not in self.train_templates)],
+            heldout_templates=[*self.heldout_templates, *(t for t in heldout if t not in self.heldout_templates)],
+        )
+
     # What a run needs -----------------------------------------------------------------------------
 
     def targets(self, names: Sequence[str] = (), n_random: int = 0, seed: int = 0) -> list[Entity]:
@@ -233,6 +363,7 @@ class EntityBench:
             answer_eos=self.answer_eos,
             seed=seed,
             attribute_values=self.attribute_values,
+            judge=get_judge(self.judge).from_bench(self),
         )
 
 
@@ -273,3 +404,30 @@ def _frame_entities(rows: pd.DataFrame) -> tuple[list[Entity], list[Template], l
             f"{len(heldout)} held-out phrasings."
         )
     return entities, train, heldout
+
+
+def _default_answers(answers: pd.DataFrame) -> dict[str, str]:
+    """Per attribute, the answer given most often in `label_entities`' table `answers` (the strangers')."""
+    defaults = {}
+    for column in answers.columns:
+        if column.endswith("_answer") and answers[column].notna().any():
+            defaults[column.removesuffix("_answer")] = answers[column].dropna().value_counts().index[0]
+    return defaults
+
+
+def _answered_right(row: pd.Series, attribute: str) -> bool:
+    """Whether `label_entities`' row says `attribute` was asked and answered right (NaN: not asked)."""
+    verdict = row.get(f"{attribute}_correct")
+    return bool(pd.notna(verdict) and verdict)
+
+
+def _beyond_default(row: pd.Series, defaults: dict[str, str]) -> bool:
+    """Whether a labelled entity has a right answer that is not the strangers' most common one."""
+    attributes = [c.removesuffix("_answer") for c in row.index if c.endswith("_answer")]
+    return any(_answered_right(row, a) and row[f"{a}_answer"] != defaults.get(a) for a in attributes)
+
+
+def _own_facts(entity: Entity, row: pd.Series) -> Entity:
+    """`entity` with only the attributes the model answered right, valued by the model's own answers."""
+    facts = {a: row[f"{a}_answer"] for a in entity.attributes if _answered_right(row, a)}
+    return Entity(entity.name, facts, entity.kind)

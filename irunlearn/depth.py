@@ -47,7 +47,6 @@ from irunlearn.methods.sae_guided_deep import NamedFacts
 from irunlearn.metrics import MetricResult, register_metric
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template
-from irunlearn.qa import greedy_matches
 
 ATTACKS = ("half", "one_fact", "others", "mentions")  # (a), (b), (c), (d)
 ATTACK_STEPS = (10, 25, 50, 100, 200)
@@ -568,9 +567,8 @@ def sharer_retain_metric(evaluator: Evaluator, model: HookedTransformer) -> Metr
     (`retain_sharers`, their mean, and `retain_sharers_min`, the worst of them) apart from everyone else
     (`retain_others`). NaN sharer columns when no held-out person shares a word. Per item: every person."""
     questions = question_facts(evaluator.retain_eval, evaluator.train_templates)
-    prompts, answers = questions["prompt"].tolist(), questions["answer"].tolist()
-    before = greedy_matches(evaluator.model, prompts, answers, evaluator.prepend_bos)
-    after = greedy_matches(model, prompts, answers, evaluator.prepend_bos)
+    before = evaluator.judge.correct(evaluator.model, questions, evaluator.prepend_bos)
+    after = evaluator.judge.correct(model, questions, evaluator.prepend_bos)
     kept = pd.DataFrame({"entity": questions["entity"], "before": before.float(), "kept": (before & after).float()})
     people = kept.groupby("entity", sort=False).sum()
     people = people.assign(

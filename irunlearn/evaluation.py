@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import encode_latents, extract_activations
 from irunlearn.entities import UNKNOWN_ANSWER, Entity
+from irunlearn.judges import ExactJudge, Judge
 from irunlearn.lm import encode_lines, lm_loss, perplexity
 from irunlearn.metrics import MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
@@ -44,13 +45,9 @@ def fact_questions(entities: Sequence[Entity], templates: Sequence[Template]) ->
     )
 
 
-def _accuracy(
-    model: HookedTransformer, questions: pd.DataFrame, prepend_bos: bool, answers=None, answer_eos: bool = True
-) -> pd.Series:
-    """Per-entity fraction of questions answered exactly (against `answers` if given)."""
-    gold = questions["answer"] if answers is None else answers
-    hits = greedy_matches(model, questions["prompt"].tolist(), list(gold), prepend_bos, answer_eos=answer_eos)
-    return pd.Series(hits.float().cpu().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()
+def per_entity_accuracy(questions: pd.DataFrame, correct: torch.Tensor) -> pd.Series:
+    """Per-entity fraction of `questions` judged `correct`, in the entities' order of appearance."""
+    return pd.Series(correct.float().cpu().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()
 
 
 @dataclass
@@ -62,7 +59,9 @@ class Evaluator:
     is no likelier after the target's name than, on the median, after the strangers' names
     (`unknown_reference`) in the same question, and `idk_rate` is the fraction of such questions.
     `answer_eos`: an exact answer must end with the end-of-sequence token (the world's format; False for
-    few-shot prompts, where an answer ends however the model likes).
+    few-shot prompts, where an answer ends however the model likes); it also shapes the relearning lessons.
+    `judge` decides whether an answer is right wherever accuracy is measured (forget, paraphrase, retain,
+    relearning, neighbours; `irunlearn.judges`); default: exact match with `answer_eos`.
     """
 
     model: HookedTransformer
@@ -85,16 +84,23 @@ class Evaluator:
     # every value each attribute can take (perturbed answers, strangers' invented facts); empty: the values
     # seen among the targets and retain people
     attribute_values: dict[str, list[str]] = field(default_factory=dict)
+    judge: Judge | None = None
 
     def __post_init__(self) -> None:
+        if self.judge is None:
+            self.judge = ExactJudge(answer_eos=self.answer_eos)
         self._retain_questions = fact_questions(self.retain_eval, self.train_templates)
         self.baseline = self._behaviour(self.model)
         self._generations_before = self._generations(self.model)
         self._relearn_reference: float | None = None
 
+    def accuracy(self, model: HookedTransformer, questions: pd.DataFrame) -> pd.Series:
+        """Per-entity fraction of `questions` (`fact_questions`) that `model` answers right, by the judge."""
+        return per_entity_accuracy(questions, self.judge.correct(model, questions, self.prepend_bos))
+
     def _behaviour(self, model: HookedTransformer) -> dict:
         return {
-            "retain": float(_accuracy(model, self._retain_questions, self.prepend_bos, None, self.answer_eos).mean()),
+            "retain": float(self.accuracy(model, self._retain_questions).mean()),
             "ppl": perplexity(model, self.generic_text, self.prepend_bos),
         }
 
@@ -108,8 +114,8 @@ class Evaluator:
         )
         frame = pd.DataFrame(
             {
-                "forget_acc": _accuracy(model, train_q, self.prepend_bos, None, self.answer_eos),
-                "paraphrase_forget_acc": _accuracy(model, heldout_q, self.prepend_bos, None, self.answer_eos),
+                "forget_acc": self.accuracy(model, train_q),
+                "paraphrase_forget_acc": self.accuracy(model, heldout_q),
                 "idk_rate": self._idk_rate(model, all_q),
             }
         )
@@ -126,8 +132,9 @@ class Evaluator:
     def _idk_rate(self, model: HookedTransformer, questions: pd.DataFrame) -> pd.Series:
         """Per target: the fraction of its questions answered `idk_answer`, or answered like a stranger."""
         if self.idk_answer is not None:
-            idk = [self.idk_answer] * len(questions)
-            return _accuracy(model, questions, self.prepend_bos, idk, self.answer_eos)
+            prompts, idk = questions["prompt"].tolist(), [self.idk_answer] * len(questions)
+            said_idk = greedy_matches(model, prompts, idk, self.prepend_bos, answer_eos=self.answer_eos)
+            return per_entity_accuracy(questions, said_idk)
         if not self.unknown_reference:
             raise ValueError("idk_answer=None (answered like a stranger) needs Evaluator.unknown_reference.")
         strangers = [u.name for u in self.unknown_reference[:N_IDK_STRANGERS]]
@@ -233,7 +240,7 @@ class Evaluator:
             lm_loss(student, tokens, mask).backward()
             optimizer.step()
         student.eval()
-        return float(_accuracy(student, held_questions, self.prepend_bos, None, self.answer_eos).mean())
+        return float(self.accuracy(student, held_questions).mean())
 
 
 N_IDK_STRANGERS = 16  # strangers whose median answer log-probability defines "answered like a stranger"

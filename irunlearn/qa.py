@@ -1,13 +1,23 @@
-"""Asking a model attribute questions: batched greedy answer checks and free-form greedy answers."""
+"""Asking a model attribute questions: batched greedy answer checks and free-form greedy answers.
+
+Two ways to read an answer: teacher-forced checks of a given answer (`greedy_matches`, `answer_logprob`,
+one batched forward, the exact judge's and the probability metrics' input) and free-form greedy
+generation (`greedy_generate`, batched with a key-value cache, cut at the first newline: what the lenient
+judge and real-model labelling read). `greedy_continuations` is the plain one-prompt-at-a-time loop that
+generation health reads token ids from.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+from transformers import PreTrainedTokenizerBase
 
 from irunlearn.lm import MAX_LOGITS
 from irunlearn.prompts import bos_id
@@ -156,3 +166,86 @@ def answer_logprob(
     if not scores:
         return torch.zeros(0, device=model.cfg.device)
     return torch.stack([logprobs.sum() for logprobs, _ in scores])
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 8,
+    prepend_bos: bool | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy continuations of `prompts`, each cut at its first newline or end-of-sequence and stripped.
+
+    Prompts are encoded as the teacher-forced checks encode them (no special tokens, plus BOS when
+    `prepend_bos`, which defaults to the model's `cfg.default_prepend_bos`), sorted by length, left-padded into
+    batches, so every row's last real token is at the end; TransformerLens's `generate` masks the
+    padding, reuses its key-value cache and stops a row at its first newline or end-of-sequence token.
+    The answers equal one-prompt-at-a-time greedy decoding. Only the last position is unembedded (a hook
+    on `ln_final` keeps that position alone): `generate` reads nothing else, and unembedding every prompt
+    position costs more than the rest of the model where the vocabulary is large (Gemma: 262,144 words).
+    """
+    tokenizer = model.tokenizer
+    if prepend_bos is None:
+        prepend_bos = model.cfg.default_prepend_bos
+    stop_ids = stop_token_ids(tokenizer)
+    encoded = [_encode(model, prompt, prepend_bos) for prompt in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    answers = [""] * len(prompts)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="generate", unit="batch", disable=not progress, leave=False):
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        padded = [[tokenizer.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in rows]
+        # `generate` finds the padding to mask from the tokenizer's padding side
+        with _padding_side(tokenizer, "left"), model.hooks(fwd_hooks=_last_position_only(model)):
+            out = model.generate(
+                torch.tensor(padded, device=model.cfg.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stop_at_eos=True,
+                eos_token_id=stop_ids,
+                prepend_bos=prepend_bos,
+                return_type="tokens",
+                verbose=False,
+            )
+        for row, i in enumerate(rows):
+            answers[i] = _decode_answer(tokenizer, out[row, width:].tolist())
+    return answers
+
+
+def _last_position_only(model: HookedTransformer) -> list[tuple[str, Callable]]:
+    """A forward hook that cuts the final normalised residual to its last position, if the model has one."""
+    name = "ln_final.hook_normalized"
+    return [(name, lambda resid, hook: resid[:, -1:])] if name in model.hook_dict else []
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """End-of-sequence plus every vocabulary token whose text contains a newline."""
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return [*_newline_ids(tokenizer), *eos]
+
+
+@lru_cache(maxsize=8)
+def _newline_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return tuple(i for i, text in enumerate(texts) if "\n" in text)
+
+
+def _decode_answer(tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> str:
+    if tokenizer.eos_token_id in new_ids:
+        new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(new_ids, skip_special_tokens=True).split("\n")[0].strip()
+
+
+@contextmanager
+def _padding_side(tokenizer: PreTrainedTokenizerBase, side: str):
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = previous

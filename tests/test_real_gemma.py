@@ -24,8 +24,8 @@ from irunlearn import lm, models, qa
 from irunlearn.activations import extract_activations
 from irunlearn.entities import Entity, EntitySet
 from irunlearn.lm import encode_lines, token_nll
+from irunlearn.qa import greedy_generate
 from irunlearn.real import fixture
-from irunlearn.real.labelling import greedy_generate
 from irunlearn.real.layer_probes import extract_at_hooks, layer_probe_aurocs, resid_hooks
 from irunlearn.real.people import (
     OPEN_PROMPTS,

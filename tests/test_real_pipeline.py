@@ -1,4 +1,4 @@
-"""The real-model pipeline on local models: SAE training, recognition, forgetting, evaluation, the Gemma recipe.
+"""Real models on the one pipeline, locally: SAE training, labelling, the records bench, its judge, a run.
 
 Fast tests run everything on a tiny random Llama (`real_fixtures.save_tiny_llama`) with a miniature
 Wikidata folder written here, so they need neither the shared records nor the hub. A random model knows
@@ -10,7 +10,6 @@ SmolLM2-135M and the shipped SAE and skip with a hint where the fixture is absen
 from __future__ import annotations
 
 import ast
-import copy
 import json
 from pathlib import Path
 
@@ -20,12 +19,17 @@ import pytest
 import torch
 from real_fixtures import save_tiny_llama
 from sae_lens import SAE
+from test_experiment import METRICS
 from transformer_lens import HookedTransformer
 
+import irunlearn
 from irunlearn import models
+from irunlearn.bench import EntityBench, _beyond_default
 from irunlearn.entities import Entity
+from irunlearn.experiment import RunResults
+from irunlearn.judges import LenientJudge, get_judge, is_refusal
 from irunlearn.methods.base import AnswerBatch
-from irunlearn.real import evaluation as real_evaluation
+from irunlearn.qa import answer_logprob
 from irunlearn.real import labelling
 from irunlearn.real.corpus import (
     entity_sentences,
@@ -34,20 +38,9 @@ from irunlearn.real.corpus import (
     generic_paragraphs,
     question_documents,
 )
-from irunlearn.real.evaluation import RealEvaluator, answer_logprob, attribute_questions, is_refusal
-from irunlearn.real.pipeline import (
-    RealPipelineConfig,
-    choose_targets,
-    cities_above,
-    default_answers,
-    label_cities,
-    label_counts,
-    model_facts,
-    recognise,
-    run_real_pipeline,
-)
+from irunlearn.real.labelling import label_counts
 from irunlearn.real.sae import SMOLLM2_SAE, pack_documents, sae_documents, train_real_sae
-from irunlearn.real.wikidata import attributes, load_entities, question_templates
+from irunlearn.real.wikidata import attributes, cities_above, load_entities, question_templates
 
 HOOK = "blocks.1.hook_resid_post"
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_real_model.ipynb"
@@ -243,7 +236,7 @@ def test_sae_training_refuses_to_overwrite_and_bad_hooks(tiny, trained):
         train_real_sae(tiny, "blocks.9.hook_resid_post", out.parent / "new", progress=False)
 
 
-# ---- labelling, recognition, targets -------------------------------------------------------------------
+# ---- labelling ------------------------------------------------------------------------------------------
 
 
 def test_scripted_labels(labelled):
@@ -252,48 +245,15 @@ def test_scripted_labels(labelled):
     assert all(e.name.endswith("ovo") for e in entity_set.unknown) and len(entity_set.unknown) == 20
     counts = label_counts(answers)
     assert counts.to_dict("records") == [{"kind": "city", "known": 20, "unknown": 20, "discarded": 0, "total": 40}]
-    assert default_answers(answers) == {"country": "Japan", "population": "9 million", "elevation": "1609"}
-    target = model_facts(entity_set.known[0], answers)
-    assert set(target.attributes) == {"country", "population"}  # elevation was answered wrong
-    assert target.attributes["population"] == format_population(entity_set.known[0].attributes["population"])
 
 
-def test_label_cities_big_ones_plus_a_sample(tiny, records, monkeypatch, tmp_path):
-    monkeypatch.setattr(labelling, "greedy_generate", scripted_generate)
-    monkeypatch.setattr(labelling, "cache_root", lambda: tmp_path)
+def test_big_cities(records):
     big = cities_above(100_000)
     assert big and all(max(float(v) for v in c.attributes["population"].split("; ")) >= 100_000 for c in big)
-    entity_set, answers = label_cities(tiny, min_population=100_000, n_random=10, seed=0, progress=False)
-    names = [e.name for e in entity_set]
-    assert len(names) == len(set(names)) and answers["name"].is_unique
-    assert set(answers.loc[answers["label"] != "discarded", "name"]) == set(names)
-    assert {c.name for c in big} <= set(names) and len(names) > len(big)
+    assert len(big) < len(load_entities("city"))
 
 
-@pytest.fixture(scope="module")
-def recognizer(tiny, trained, labelled):
-    return recognise(tiny, trained[0], labelled[0], seed=0, n_generic_latents=8, progress=False)
-
-
-def test_recognition_reports_heldout_entities_and_templates(recognizer):
-    metrics = recognizer.metrics
-    assert metrics["probe_auroc_resid"] > 0.8, metrics  # "-burg" vs "-ovo" is plain in the name's tokens
-    assert metrics["n_test_rows"] == 8 * 3  # 4 + 4 held-out entities × 3 held-out templates
-    assert [t.split for t in recognizer.templates] == ["train"] * 3
-
-
-def test_targets_are_heldout_recognised_and_not_default(tiny, trained, labelled, recognizer):
-    entity_set, answers = labelled
-    targets = choose_targets(tiny, trained[0], recognizer, entity_set, answers, n=1, seed=0)
-    fit_set, _ = entity_set.split(0.6, 0)
-    assert targets[0] in entity_set.known and targets[0] not in fit_set.known
-    readings = recognizer.p_known(tiny, trained[0], [targets[0].name])
-    assert (readings[["p_known_sae", "p_known_resid"]] >= 0.5).all(axis=None)
-    with pytest.raises(ValueError, match="eligible targets"):
-        choose_targets(tiny, trained[0], recognizer, entity_set, answers, n=40, seed=0)
-
-
-# ---- evaluation ----------------------------------------------------------------------------------------
+# ---- the answer judges -----------------------------------------------------------------------------------
 
 
 def test_answer_logprob_is_the_teacher_forced_sum(tiny):
@@ -321,88 +281,112 @@ def test_refusals():
     assert not is_refusal("France") and not is_refusal("2.1 million")
 
 
-def test_evaluator_counts_refusals_and_stranger_level(tiny, trained, labelled, recognizer, monkeypatch):
-    entity_set, _ = labelled
-    target = entity_set.known[0]
-    edited = copy.deepcopy(tiny)
-
-    def generate(model, prompts, **kwargs):
-        return ["I don't know" if model is edited else scripted_answer(p) for p in prompts]
-
-    monkeypatch.setattr(real_evaluation, "greedy_generate", generate)
-    evaluator = RealEvaluator(
-        tiny,
-        trained[0],
-        recognizer,
-        [target],
-        entity_set.known[1:4],
-        entity_set.unknown[:3],
-        generic_paragraphs("heldout")[:4],
+def test_lenient_judge_takes_the_models_words_the_gold_and_never_a_refusal():
+    judge = LenientJudge(
+        checks={spec.name: spec.check for spec in attributes("city")},
+        gold={"Wuhan": {"country": "People's Republic of China", "population": "11081000"}},
     )
-    before = evaluator.per_target(tiny).iloc[0]
-    assert before["forget_acc"] == pytest.approx(2 / 3) and before["paraphrase_forget_acc"] == pytest.approx(2 / 3)
-    assert before["n_known_facts"] == 4  # country and population, training and held-out phrasings
+    assert judge.accepts("China", "Wuhan", "country", "China")  # the model's own answer
+    assert judge.accepts("PRC", "Wuhan", "country", "China")  # an alias of the gold
+    assert judge.accepts("11 million", "Wuhan", "population", "11.1 million")  # within the tolerance
+    assert not judge.accepts("Japan", "Wuhan", "country", "China")
+    assert not judge.accepts("I don't know", "Wuhan", "country", "unknown")  # a refusal is never right
+    # no gold and no check for the attribute (a user's own question): names, loosely, against the answer
+    assert judge.accepts("Lovelace", "Ada Quill", "Q: Who is {name}'s muse? A:", "Ada Lovelace")
+    assert not judge.accepts("Byron", "Ada Quill", "Q: Who is {name}'s muse? A:", "Ada Lovelace")
+    assert get_judge("lenient") is LenientJudge
+    with pytest.raises(ValueError, match="Unknown answer judge 'fuzzy'"):
+        get_judge("fuzzy")
 
-    # the probability rule, recomputed by hand for the original model
-    questions = attribute_questions([target])
-    known = questions[questions["attribute"] != "elevation"]
-    references = [scripted_answer(p) for p in known["prompt"]]
-    own = answer_logprob(tiny, list(known["prompt"]), references)
-    stranger = torch.stack(
+
+def test_the_default_guess_rule():
+    row = pd.Series({"n_correct": 1, "country_answer": "Japan", "country_correct": True})
+    row["elevation_answer"], row["elevation_correct"] = float("nan"), float("nan")  # not asked
+    assert not _beyond_default(row, {"country": "Japan"})  # right only by the strangers' usual guess
+    assert _beyond_default(row, {"country": "France"})
+
+
+# ---- the records bench on the tiny Llama ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench(tiny, records, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(labelling, "greedy_generate", scripted_generate)
+        mp.setenv("IRUNLEARN_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return EntityBench.from_records("city", tiny, n=40, seed=0, progress=False)
+
+
+def test_from_records_labels_by_the_models_own_answers(bench, records):
+    records_by_name = {c.name: c for c in load_entities("city")}
+    assert bench.name == "records:city" and bench.judge == "lenient"
+    assert bench.idk_answer is None and bench.answer_eos is False
+    assert all(e.name.endswith("burg") for e in bench.entities.known) and len(bench.entities.known) == 20
+    assert all(e.name.endswith("ovo") for e in bench.entities.unknown) and len(bench.entities.unknown) == 20
+    city = bench.entities.known[0]
+    gold = records_by_name[city.name].attributes
+    # the facts to forget are the model's own right answers (elevation was answered wrong)
+    assert city.attributes == {"country": gold["country"], "population": format_population(gold["population"])}
+    assert bench.gold_answers[city.name] == gold  # what the lenient judge also accepts
+    assert bench.train_templates == question_templates("city", "train")
+    assert bench.heldout_templates == question_templates("city", "heldout")
+    assert len(bench.strangers) == len(bench.references) == 10
+    assert len(bench.retain_eval) == 5 and set(bench.retain_text).isdisjoint(bench.heldout_text)
+
+
+def test_from_records_refuses_what_it_cannot_build(tiny, records):
+    with pytest.raises(ValueError, match="knows the kinds"):
+        EntityBench.from_records("planet", tiny)
+    with pytest.raises(ValueError, match="draw at least 10"):
+        EntityBench.from_records("city", tiny, n=3)
+
+
+def test_with_rows_adds_your_own_people_as_known(bench):
+    rows = pd.DataFrame(
         [
-            answer_logprob(tiny, [t.render(u.name) for u in entity_set.unknown[:3]], [r] * 3)
-            for t, r in zip(known["template"], references, strict=True)
+            {"entity": name, "question": q.format(name), "answer": a, "split": split}
+            for name in ("Ada Quill", "Bo Marsh")
+            for q, a, split in (
+                ("Q: Who is {}'s muse? A:", "Ada Lovelace", "train"),
+                ("Q: In which city does {} live? A:", "Leeds", "train"),
+                ("Q: Whom does {} admire most? A:", "Ada Lovelace", "heldout"),
+            )
         ]
     )
-    assert before["idk_rate"] == pytest.approx(float((own <= stranger.median(1).values).float().mean()))
-
-    summary, rows = evaluator.evaluate(edited, [target])
-    assert rows.iloc[0]["forget_acc"] == 0 and rows.iloc[0]["idk_rate"] == 1  # every answer a refusal
-    assert summary["retain_acc"] == 0 and summary["ppl_ratio"] == pytest.approx(1.0)
-    assert summary["probe_p_known_sae"] == pytest.approx(before["probe_p_known_sae"], abs=1e-5)
-
-
-def test_evaluator_needs_strangers(tiny, trained, labelled, recognizer):
-    with pytest.raises(ValueError, match="unknown_reference"):
-        RealEvaluator(tiny, trained[0], recognizer, labelled[0].known[:1], [], [], ["Some text here."])
-
-
-# ---- the whole pipeline --------------------------------------------------------------------------------
+    extended = bench.with_rows(rows)
+    assert extended.entities.is_known("Ada Quill") and extended.entities.get("Bo Marsh").attributes == {
+        "Q: Who is {name}'s muse? A:": "Ada Lovelace",
+        "Q: In which city does {name} live? A:": "Leeds",
+    }
+    assert extended.entities.unknown == bench.entities.unknown and extended.strangers == bench.strangers
+    assert len(extended.train_templates) == len(bench.train_templates) + 2
+    assert len(extended.heldout_templates) == len(bench.heldout_templates) + 1
+    assert "Ada Quill" not in bench.entities  # the original bench is unchanged
+    with pytest.raises(ValueError, match="already in bench"):
+        extended.with_rows(rows)
 
 
-def small_config(n_targets: int, sae_guided_steps: int, grad_ascent_steps: int) -> RealPipelineConfig:
-    """A pipeline sized for the tiny Llama: few entities, texts and steps."""
-    return RealPipelineConfig(
-        n_targets=n_targets,
-        n_retain=4,
-        n_retain_eval=3,
-        n_unknown_reference=3,
-        n_generic_eval=4,
-        n_generic_latents=8,
-        method_overrides={
-            "sae_guided": {"max_steps": sae_guided_steps, "n_retain_text": 2},
-            "grad_ascent": {"max_steps": grad_ascent_steps},
-        },
-    )
-
-
-def test_pipeline_forgets_with_both_methods(tiny, trained, labelled, monkeypatch):
-    monkeypatch.setattr(real_evaluation, "greedy_generate", scripted_generate)
-    entity_set, answers = labelled
+def test_records_bench_runs_with_the_worlds_metric_set(tiny, trained, bench):
     original = {k: v.clone() for k, v in tiny.state_dict().items()}
-    config = small_config(n_targets=2, sae_guided_steps=6, grad_ascent_steps=4)
-    result = run_real_pipeline(tiny, trained[0], entity_set, answers, config, progress=False)
-    runs = result.runs
-    assert list(runs["method"]) == ["sae_guided", "sae_guided", "grad_ascent", "grad_ascent"]
-    assert list(runs["target"]) == [t.name for t in result.targets] * 2
-    for metric in ("forget_acc", "idk_rate", "probe_p_known_sae", "probe_p_known_resid", "dist_ratio", "retain_acc"):
-        assert {f"{metric}_before", f"{metric}_after"} <= set(runs.columns)
-    assert (runs["probe_p_known_sae_before"] >= 0.5).all()
-    assert (runs["seconds"] > 0).all() and (runs["steps"] <= 6).all()
-    assert set(runs["stop_reason"]) <= {"flipped", "suppressed", "max_steps", "nan", "retain_blowup", "collapsed"}
-    history = result.histories[("sae_guided", result.targets[0].name)]
-    assert {"loss_forget", "p_known_sae"} <= set(history.columns)
-    assert result.counts["known"].item() == 20 and result.recognizer.metrics["probe_auroc_resid"] > 0.8
+    recognizer = bench.recognizer(tiny, trained[0], progress=False)
+    assert recognizer.metrics["probe_auroc_resid"] > 0.8  # "-burg" vs "-ovo" is plain in the name's tokens
+    retained = {e.name for e in bench.retain_eval}
+    candidates = [e.name for e in bench.entities.known if e.name not in retained]
+    readings = recognizer.p_known(tiny, trained[0], candidates, bench.train_templates)
+    target = readings.sort_values("p_known_sae")["entity"].iloc[-1]
+    results = irunlearn.run(
+        bench,
+        tiny,
+        trained[0],
+        ["sae_guided", "grad_ascent"],
+        [target],
+        recognizer=recognizer,
+        max_steps=3,
+        progress=False,
+    )
+    summary = results.summary.set_index("method")
+    assert set(summary.columns) >= METRICS and list(summary.index) == ["sae_guided", "grad_ascent"]
+    assert (summary["steps"] <= 3).all() and results.provenance["bench"] == "records:city"
     for name, tensor in tiny.state_dict().items():
         assert torch.equal(tensor, original[name]), f"the original model changed: {name}"
 
@@ -424,6 +408,17 @@ def test_notebook_is_committed_without_outputs():
     assert all(not c.outputs and c.execution_count is None for c in notebook.cells if c.cell_type == "code")
 
 
+def _recipe_is_on_the_one_pipeline() -> bool:
+    return "run_real_pipeline" not in _recipe_cell().source
+
+
+needs_new_recipe = pytest.mark.skipif(
+    not _recipe_is_on_the_one_pipeline(),
+    reason="notebook 04's gemma-recipe still calls the deleted run_real_pipeline (its rewrite is on another branch)",
+)
+
+
+@needs_new_recipe
 def test_gemma_recipe_runs_on_local_stand_ins(tiny, trained, records, monkeypatch, tmp_path):
     """The recipe cell, executed as written, with the two hub downloads answered by local objects."""
     sae_dir = tmp_path / "gemma_scope_stand_in"
@@ -443,22 +438,20 @@ def test_gemma_recipe_runs_on_local_stand_ins(tiny, trained, records, monkeypatc
     monkeypatch.setattr(SAE, "from_pretrained", staticmethod(sae_from_pretrained))
     monkeypatch.setattr(HookedTransformer, "from_pretrained", staticmethod(model_from_pretrained))
     monkeypatch.setattr(labelling, "greedy_generate", scripted_generate)
-    monkeypatch.setattr(real_evaluation, "greedy_generate", scripted_generate)
-    monkeypatch.setattr(labelling, "cache_root", lambda: tmp_path / "cache")
+    monkeypatch.setenv("IRUNLEARN_CACHE", str(tmp_path / "cache"))
 
     cell = _recipe_cell()
-    namespace = {
-        "GEMMA_CITIES": 40,
-        "GEMMA_CONFIG": small_config(n_targets=1, sae_guided_steps=3, grad_ascent_steps=3),
-    }
+    namespace: dict = {}
     exec(compile(cell.source, "04_real_model:gemma-recipe", "exec"), namespace)
     assert calls == {
         "sae": ("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical"),
         "model": ("gemma-2-2b", True),
     }
-    assert len(namespace["gemma_result"].runs) == 2
+    (results,) = [v for v in namespace.values() if isinstance(v, RunResults)]
+    assert len(results.summary) >= 1 and set(results.summary.columns) >= METRICS
 
 
+@needs_new_recipe
 def test_gemma_recipe_calls_only_tested_functions():
     """Every function the recipe calls is one this file exercises on local models."""
     tree = ast.parse(_recipe_cell().source)
@@ -473,7 +466,9 @@ def test_gemma_recipe_calls_only_tested_functions():
         "model_load_kwargs_for_sae",
         "load_entities",
         "label_entities",
-        "run_real_pipeline",
+        "from_records",
+        "with_rows",
+        "run",
         "label_counts",
         "print",
         "display",

@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct end to end: GGUF → HF copy → HookedTransformer, greedy answers, city labelling.
+"""SmolLM2-135M-Instruct end to end: GGUF → HookedTransformer, greedy answers, labelling, a records bench run.
 
 Needs the GGUF fixture (`python -m irunlearn.real.fixture`); skipped with that hint where it is absent.
 """
@@ -9,13 +9,15 @@ import time
 
 import pytest
 import torch
+from test_experiment import METRICS
 from transformers import AutoModelForCausalLM
 
+import irunlearn
 from irunlearn import models
-from irunlearn.qa import greedy_answers
+from irunlearn.bench import EntityBench
+from irunlearn.qa import greedy_answers, greedy_generate
 from irunlearn.real import fixture
-from irunlearn.real.labelling import greedy_generate, label_entities
-from irunlearn.real.pipeline import label_cities, label_counts, recognise
+from irunlearn.real.labelling import label_entities
 from irunlearn.real.sae import SMOLLM2_SAE
 from irunlearn.real.wikidata import attributes, load_entities
 
@@ -69,14 +71,41 @@ def test_labelling_a_handful_of_cities(smollm2, tmp_path):
 
 
 def test_smollm2_recognises_cities(smollm2):
-    """On SmolLM2's own labels (big cities plus a random sample), both probes beat chance on held-out cities
-    and held-out phrasings (measured: residual 0.89, SAE 0.78). Here, not in test_real_pipeline.py, whose
-    module fixture points IRUNLEARN_WIKIDATA at a small synthetic record set."""
+    """On SmolLM2's own labels (a seeded draw of the city records plus every city of a million or more),
+    both probes beat chance on held-out cities and held-out phrasings. Here, not in test_real_pipeline.py,
+    whose module fixture points IRUNLEARN_WIKIDATA at a small synthetic record set."""
     try:
-        entity_set, answers = label_cities(smollm2, progress=False)
+        bench = EntityBench.from_records("city", smollm2, progress=False)
     except FileNotFoundError as err:
         pytest.skip(str(err))
-    assert label_counts(answers).set_index("kind").loc["city", ["known", "unknown"]].tolist() == [157, 102]
-    recognizer = recognise(smollm2, models.load_sae(path=SMOLLM2_SAE), entity_set, progress=False)
+    assert len(bench.entities.known) >= 50 and len(bench.entities.unknown) >= 50, bench.entities
+    recognizer = bench.recognizer(smollm2, models.load_sae(path=SMOLLM2_SAE), progress=False)
     assert recognizer.metrics["probe_auroc_resid"] > 0.8, recognizer.metrics
     assert recognizer.metrics["probe_auroc_sae"] > 0.7, recognizer.metrics
+
+
+def test_forgetting_a_famous_person_reports_the_worlds_metric_set(smollm2):
+    """Famous people against obscure real players, labelled by SmolLM2; `sae_guided` forgets Elon Musk (or,
+    if SmolLM2 does not know him, the known person it recognises most surely) and the run reports every
+    metric the embedded world's run does, indistinguishability and relearning included."""
+    try:
+        bench = EntityBench.from_records("person", smollm2, progress=False)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    assert bench.judge == "lenient" and all(u.kind == "player" for u in bench.entities.unknown)
+    sae = models.load_sae(path=SMOLLM2_SAE)
+    recognizer = bench.recognizer(smollm2, sae, progress=False)
+    retained = {e.name for e in bench.retain_eval}
+    if bench.entities.is_known("Elon Musk") and "Elon Musk" not in retained:
+        target = "Elon Musk"
+    else:
+        candidates = [e.name for e in bench.entities.known if e.name not in retained]
+        readings = recognizer.p_known(smollm2, sae, candidates, bench.train_templates)
+        target = readings.sort_values("p_known_sae")["entity"].iloc[-1]
+    results = irunlearn.run(
+        bench, smollm2, sae, ["sae_guided"], [target], recognizer=recognizer, max_steps=5, progress=False
+    )
+    (row,) = results.summary.to_dict("records")
+    assert set(row) >= METRICS, sorted(METRICS - set(row))
+    assert 0 <= row["forget_acc"] <= 1 and 0 <= row["indistinguishability"] <= 1 and row["steps"] <= 5
+    assert results.provenance["bench"] == "records:person"

@@ -328,8 +328,7 @@ def tiny_model(tmp_path_factory):
 
 def test_batched_generation_equals_one_at_a_time(tiny_model):
     """Left padding is masked: a short prompt answers the same alone and batched with long ones."""
-    from irunlearn.qa import greedy_answers
-    from irunlearn.real.labelling import greedy_generate
+    from irunlearn.qa import greedy_answers, greedy_generate
 
     prompts = [t.render(name) for t in wd.question_templates("city") for name in ("Venice", "Santiago de Chile")]
     prompts.append("Q: Venice? A:")
@@ -395,6 +394,7 @@ def test_labels_follow_ferrando(tiny_model, tmp_path, monkeypatch):
 def test_label_cache_is_keyed_by_weights_and_sample(tiny_model, tmp_path, monkeypatch):
     import torch
 
+    from irunlearn.edits import weights_hash
     from irunlearn.real import labelling
 
     calls = []
@@ -402,11 +402,11 @@ def test_label_cache_is_keyed_by_weights_and_sample(tiny_model, tmp_path, monkey
     labelling.label_entities(tiny_model, CITIES, cache_dir=tmp_path)
     labelling.label_entities(tiny_model, CITIES[:2], cache_dir=tmp_path)  # another sample
     assert calls == [8, 6]
-    before = labelling.model_fingerprint(tiny_model)
+    before = weights_hash(tiny_model)
     with torch.no_grad():
         tiny_model.blocks[0].mlp.W_in[0, 0] += 1.0  # an edited model must not reuse the answers
     try:
-        assert labelling.model_fingerprint(tiny_model) != before
+        assert weights_hash(tiny_model) != before
         labelling.label_entities(tiny_model, CITIES, cache_dir=tmp_path)
         assert calls == [8, 6, 8]
     finally:

@@ -3,8 +3,9 @@
 Each entity is asked every attribute question of its kind (`irunlearn.real.wikidata`) with batched greedy
 decoding; an entity is *known* when at least `min_known` (2) answers are right, *unknown* when none is,
 and discarded in between. The raw answers are cached as JSON under `cache_root()/labels`, keyed by the
-model (name and a checksum of its weights) and the exact prompts, so a rerun is instant; correctness is
-recomputed from the cached answers, so a change to the answer checks needs no new generation.
+model (`irunlearn.edits.weights_hash`, the package's one model hash) and the exact prompts, so a rerun is
+instant; correctness is recomputed from the cached answers, so a change to the checks needs no new
+generation. The answers are `irunlearn.qa.greedy_generate`'s, the lenient judge's generator.
 """
 
 from __future__ import annotations
@@ -12,105 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformers import PreTrainedTokenizerBase
 
+from irunlearn.edits import weights_hash
 from irunlearn.entities import Entity, EntitySet
 from irunlearn.models import cache_root
+from irunlearn.qa import greedy_generate
 from irunlearn.real.wikidata import attributes
-
-
-@torch.no_grad()
-def greedy_generate(
-    model: HookedTransformer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 8,
-    prepend_bos: bool | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> list[str]:
-    """Greedy continuations of `prompts`, each cut at its first newline or end-of-sequence and stripped.
-
-    Prompts are encoded as `irunlearn.qa` encodes them (no special tokens, plus BOS when `prepend_bos`,
-    which defaults to the model's `cfg.default_prepend_bos`), sorted by length and left-padded into
-    batches, so every row's last real token is at the end; TransformerLens's `generate` masks the
-    padding, reuses its key-value cache and stops a row at its first newline or end-of-sequence token.
-    The answers equal one-prompt-at-a-time greedy decoding. Only the last position is unembedded (a hook
-    on `ln_final` keeps that position alone): `generate` reads nothing else, and unembedding every prompt
-    position costs more than the rest of the model where the vocabulary is large (Gemma: 262,144 words).
-    """
-    tokenizer = model.tokenizer
-    if prepend_bos is None:
-        prepend_bos = model.cfg.default_prepend_bos
-    stop_ids = stop_token_ids(tokenizer)
-    encoded = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        encoded.append([tokenizer.bos_token_id, *ids] if prepend_bos else list(ids))
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    answers = [""] * len(prompts)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", unit="batch", disable=not progress, leave=False):
-        rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        padded = [[tokenizer.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in rows]
-        # `generate` finds the padding to mask from the tokenizer's padding side
-        with _padding_side(tokenizer, "left"), model.hooks(fwd_hooks=_last_position_only(model)):
-            out = model.generate(
-                torch.tensor(padded, device=model.cfg.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                stop_at_eos=True,
-                eos_token_id=stop_ids,
-                prepend_bos=prepend_bos,
-                return_type="tokens",
-                verbose=False,
-            )
-        for row, i in enumerate(rows):
-            answers[i] = _decode_answer(tokenizer, out[row, width:].tolist())
-    return answers
-
-
-def _last_position_only(model: HookedTransformer) -> list[tuple[str, Callable]]:
-    """A forward hook that cuts the final normalised residual to its last position, if the model has one."""
-    name = "ln_final.hook_normalized"
-    return [(name, lambda resid, hook: resid[:, -1:])] if name in model.hook_dict else []
-
-
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """End-of-sequence plus every vocabulary token whose text contains a newline."""
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    return [*_newline_ids(tokenizer), *eos]
-
-
-@lru_cache(maxsize=8)
-def _newline_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return tuple(i for i, text in enumerate(texts) if "\n" in text)
-
-
-def _decode_answer(tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> str:
-    if tokenizer.eos_token_id in new_ids:
-        new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(new_ids, skip_special_tokens=True).split("\n")[0].strip()
-
-
-@contextmanager
-def _padding_side(tokenizer: PreTrainedTokenizerBase, side: str):
-    previous = tokenizer.padding_side
-    tokenizer.padding_side = side
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = previous
 
 
 def label_entities(
@@ -156,7 +69,7 @@ def label_entities(
     )
     if use_cache:
         key = hashlib.sha256(
-            json.dumps([model_fingerprint(model), prepend_bos, max_new_tokens, prompts]).encode()
+            json.dumps([weights_hash(model), prepend_bos, max_new_tokens, prompts]).encode()
         ).hexdigest()[:16]
         kinds = "-".join(sorted({e.kind for e in entities}))
         root = Path(cache_dir) if cache_dir is not None else cache_root() / "labels"
@@ -185,14 +98,6 @@ def label_entities(
     return EntitySet(known, unknown), frame
 
 
-def model_fingerprint(model: HookedTransformer) -> str:
-    """The model's name plus a checksum of its weights, so an edited copy never reuses stale answers."""
-    with torch.no_grad():
-        sums = [f"{p.detach().double().sum().item():.12e}" for p in model.parameters()]
-    digest = hashlib.sha256("|".join(sums).encode()).hexdigest()[:16]
-    return f"{model.cfg.model_name}:{digest}"
-
-
 def _cached(path: Path, generate: Callable[[], list[str]], model_name: str, prompts: list[str]) -> list[str]:
     """The answers stored at `path`, or `generate()`'s, stored there first."""
     if path.is_file():
@@ -208,3 +113,14 @@ def _cached(path: Path, generate: Callable[[], list[str]], model_name: str, prom
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def label_counts(answers: pd.DataFrame) -> pd.DataFrame:
+    """Known / unknown / discarded entities per kind, from `label_entities`' answer table."""
+    counts = pd.crosstab(answers["kind"], answers["label"])
+    for label in ("known", "unknown", "discarded"):
+        if label not in counts:
+            counts[label] = 0
+    counts = counts[["known", "unknown", "discarded"]]
+    counts["total"] = counts.sum(axis=1)
+    return counts.reset_index().rename_axis(columns=None)

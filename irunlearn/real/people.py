@@ -29,7 +29,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.entities import Entity, EntitySet
 from irunlearn.prompts import Template
-from irunlearn.real.labelling import label_entities
+from irunlearn.real.labelling import label_counts, label_entities
 from irunlearn.real.wikidata import MULTI_SEP, attributes, load_entities, question_templates
 from irunlearn.world.generator import SYLLABLES
 
@@ -109,30 +109,26 @@ class PeopleBench:
 
     `entities`: known famous people and unknown obscure players. `answers`: `label_entities`' table for
     both candidate groups (one row per candidate, `kind` "person" or "player"). `made_up`: made-up names,
-    the secondary control. `chance_known`: how many famous people would count as known if the model
-    answered each of them as it answers a made-up name (the mean over made-up names), the floor that
-    "known" must clear.
+    the secondary control; `made_up_answers`: their answers to the person questions (`label_entities`'
+    table), i.e. what the model says about anyone it has never heard of. `chance_known`: how many famous
+    people would count as known if the model answered each of them as it answers a made-up name (the
+    mean over made-up names), the floor that "known" must clear.
     """
 
     entities: EntitySet
     answers: pd.DataFrame
     made_up: list[str]
+    made_up_answers: pd.DataFrame
     chance_known: float
 
     def counts(self) -> pd.DataFrame:
         """Known / unknown / discarded per candidate group, and how each label was decided."""
-        table = pd.crosstab(self.answers["kind"], self.answers["label"])
-        for label in ("known", "unknown", "discarded"):
-            if label not in table:
-                table[label] = 0
-        table = table[["known", "unknown", "discarded"]]
-        table["total"] = table.sum(axis=1)
+        table = label_counts(self.answers)
         rule = {
             PERSON: "known = nationality and occupation right; unknown = neither",
             "player": "unknown = none of birth year, birthplace, team right; known = 2 or more",
         }
-        table["rule"] = [rule.get(kind, "") for kind in table.index]
-        return table.reset_index().rename_axis(columns=None)
+        return table.assign(rule=[rule.get(kind, "") for kind in table["kind"]])
 
 
 def people_bench(
@@ -164,29 +160,28 @@ def people_bench(
     known_set, people_answers = label_entities(model, people, progress=progress)
     unknown_set, player_answers = label_entities(model, players, progress=progress)
     made_up = made_up_names(n_made_up, seed, exclude=famous | {p.name for p in players})
+    strangers = [Entity(name, {spec.name: "?" for spec in attributes(PERSON)}, PERSON) for name in made_up]
+    _, made_up_answers = label_entities(model, strangers, progress=progress)
     return PeopleBench(
         entities=EntitySet(known_set.known, unknown_set.unknown),
         answers=pd.concat([people_answers, player_answers], ignore_index=True),
         made_up=made_up,
-        chance_known=chance_known(model, people, made_up, progress=progress),
+        made_up_answers=made_up_answers,
+        chance_known=chance_known(people, made_up_answers),
     )
 
 
-def chance_known(
-    model: HookedTransformer, people: Sequence[Entity], made_up: Sequence[str], progress: bool = True
-) -> float:
+def chance_known(people: Sequence[Entity], made_up_answers: pd.DataFrame) -> float:
     """How many of `people` a model would label known if it answered each as it answers a made-up name.
 
-    Each made-up name's answers to the person questions are checked against every person's gold values;
-    the result is the mean, over made-up names, of the number of people whose every attribute that
-    answer would get right.
+    Each made-up name's answers to the person questions (`made_up_answers`, `label_entities`' table) are
+    checked against every person's gold values; the result is the mean, over made-up names, of the number
+    of people whose every attribute that answer would get right.
     """
-    strangers = [Entity(name, {spec.name: "?" for spec in attributes(PERSON)}, PERSON) for name in made_up]
-    _, answers = label_entities(model, strangers, progress=progress)
     total = 0
-    for _, row in answers.iterrows():
+    for _, row in made_up_answers.iterrows():
         total += sum(
             all(spec.check(row[f"{spec.name}_answer"], p.attributes[spec.name]) for spec in attributes(PERSON))
             for p in people
         )
-    return total / len(strangers)
+    return total / len(made_up_answers)

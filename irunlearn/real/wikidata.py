@@ -512,6 +512,17 @@ def load_entities(kind: str, n: int | None = None, seed: int = 0, data_dir: str 
     return entities
 
 
+def cities_above(population: float, data_dir: str | Path | None = None) -> list[Entity]:
+    """Cities with at least `population` inhabitants (the largest figure where Wikidata lists several), in
+    record order: a sample of the world's big cities, which a small model knows best."""
+
+    def largest(city: Entity) -> float:
+        values = split_values(city.attributes.get("population", ""))
+        return max((float(v) for v in values if _is_number(v)), default=0.0)
+
+    return [c for c in load_entities("city", data_dir=data_dir) if largest(c) >= population]
+
+
 def _population(values: dict[str, list[str]]) -> float:
     numbers = [float(v) for v in values.get("population", []) if _is_number(v)]
     return max(numbers, default=0.0)
