@@ -255,7 +255,8 @@ def cmd_report(args: argparse.Namespace) -> dict:
         if args.out is None:
             raise ValueError("Give --out DIR (where the run folder and index.html go), or --from DIR.")
         n_random = _n_random(args, 1)
-        bench, model, sae = _source(args).load(progress=not args.quiet)
+        source = _source(args)
+        bench, model, sae = source.load(progress=not args.quiet)
         path = forgetting_report(
             args.out,
             bench,
@@ -268,6 +269,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
             force=args.force,
             provenance={"command": args.command_line},
             progress=not args.quiet,
+            oracle=source.oracle(args.target or ()),
             **({} if args.max_steps is None else {"max_steps": args.max_steps}),
         )
         metrics = RunResults.load(args.out).summary

@@ -37,6 +37,7 @@ from irunlearn.readings import EntityReadings, read_entities
 from irunlearn.recognition import Recognizer
 
 TABLES = ("summary", "per_target", "history")
+EXTRA_TABLES = ("oracle_probes", "relearning")  # optional: written when present (`irunlearn.report.with_oracle`)
 RECOGNIZER_DIR, READINGS_DIR = "recognizer", "readings"  # optional parts of a saved run
 
 
@@ -50,7 +51,9 @@ class RunResults:
     method config by `run` id. `provenance`: bench, seeds, hook, package version and commit, model and SAE
     identity and hashes. `recognizer`: the fitted recognition the run used (its top latents, centroids and
     probes draw the report's recognition figures). `readings`: the entity readings of one task's runs,
-    set by `read_entities` (the latent map and probe figures). `edits` (in memory only, not saved) holds
+    set by `read_entities` (the latent map and probe figures). `oracle_probes` / `relearning`: the
+    oracle's readings and the relearning curves, set by `irunlearn.report.with_oracle`. `edits` (in memory
+    only, not saved) holds
     the `UnlearnResult`s with their edited models.
     """
 
@@ -61,6 +64,8 @@ class RunResults:
     provenance: dict
     recognizer: Recognizer | None = None
     readings: EntityReadings | None = None
+    oracle_probes: pd.DataFrame | None = None
+    relearning: pd.DataFrame | None = None
     edits: dict[str, UnlearnResult] = field(default_factory=dict, repr=False)
 
     def save(self, out: str | Path, force: bool = False) -> Path:
@@ -72,6 +77,9 @@ class RunResults:
                 getattr(self, name).to_csv(tmp / f"{name}.csv", index=False)
             meta = {"configs": self.configs, "provenance": self.provenance}
             (tmp / "run.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+            for name in EXTRA_TABLES:
+                if getattr(self, name) is not None:
+                    getattr(self, name).to_csv(tmp / f"{name}.csv", index=False)
             if self.recognizer is not None:
                 self.recognizer.save(tmp / RECOGNIZER_DIR)
             if self.readings is not None:
@@ -86,6 +94,7 @@ class RunResults:
         if missing:
             raise FileNotFoundError(f"{path} is not a saved run folder: {missing} missing (write one with save()).")
         tables = {name: _read_csv(path / f"{name}.csv") for name in TABLES}
+        tables |= {name: _read_csv(path / f"{name}.csv") for name in EXTRA_TABLES if (path / f"{name}.csv").is_file()}
         meta = json.loads((path / "run.json").read_text(encoding="utf-8"))
         recognizer = Recognizer.load(path / RECOGNIZER_DIR) if (path / RECOGNIZER_DIR).is_dir() else None
         readings = EntityReadings.load(path / READINGS_DIR) if (path / READINGS_DIR).is_dir() else None

@@ -60,13 +60,23 @@ def lm_loss(
     return token_nll(model(tokens, return_type="logits"), tokens, mask).sum() / mask[:, 1:].sum()
 
 
+MAX_LOGITS = 2**27  # most logits (batch × positions × vocabulary) one no-grad pass holds: 512 MB in fp32
+
+
 @torch.no_grad()
 def perplexity(
     model: HookedTransformer, texts: Sequence[str], prepend_bos: bool = True, batch_size: int = 128
 ) -> float:
-    """exp(mean next-token NLL) over `texts` (each as `BOS text EOS`), padding ignored."""
+    """exp(mean next-token NLL) over `texts` (each as `BOS text EOS`), padding ignored.
+
+    At most `batch_size` texts a pass, fewer where the logits would exceed `MAX_LOGITS` (a large vocabulary:
+    Gemma's 262,144 words make 128 texts of 80 tokens 11 GB of logits); the result does not depend on it.
+    """
     if not texts:
         raise ValueError("perplexity needs at least one text.")
+    longest = max(len(ids) for ids in model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]) + 2
+    width = min(longest, model.cfg.n_ctx)
+    batch_size = max(1, min(batch_size, MAX_LOGITS // (width * model.cfg.d_vocab)))
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
         tokens, mask = encode_lines(

@@ -19,7 +19,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
+from irunlearn.lm import MAX_LOGITS
 from irunlearn.prompts import bos_id
+
+ANSWER_WINDOW = 16  # positions a batch's answers are assumed to span, to size batches under `MAX_LOGITS`
 
 
 def _encode(model: HookedTransformer, text: str, prepend_bos: bool) -> list[int]:
@@ -92,16 +95,30 @@ def _answer_passes(
         spans.append((len(prompt_ids), len(full)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    batch_size = max(1, min(batch_size, MAX_LOGITS // (ANSWER_WINDOW * model.cfg.d_vocab)))
     for start in tqdm(range(0, len(rows), batch_size), desc="QA", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
         width = max(len(rows[i]) for i in idx)
         tokens = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in idx], device=model.cfg.device)
-        logprobs = model(tokens, return_type="logits").log_softmax(-1)
+        # Unembed only the positions that predict answer tokens: with a large vocabulary (Gemma: 262,144
+        # words) the logits of every prompt position cost more memory and time than the rest of the model.
+        low, high = min(spans[i][0] for i in idx) - 1, max(spans[i][1] for i in idx) - 1
+        with model.hooks(fwd_hooks=_positions_only(model, low, high)):
+            logits = model(tokens, return_type="logits")
+        offset = low if logits.shape[1] == high - low else 0  # 0: the model has no final-norm hook to cut at
+        logprobs = logits.log_softmax(-1)
         for row, i in enumerate(idx):
             a, b = spans[i]
-            step = logprobs[row, a - 1 : b - 1]
+            step = logprobs[row, a - 1 - offset : b - 1 - offset]
             gold = tokens[row, a:b]
             yield i, step.gather(-1, gold[:, None])[:, 0], step.argmax(-1) == gold
+
+
+def _positions_only(model: HookedTransformer, low: int, high: int) -> list[tuple[str, Callable]]:
+    """A forward hook cutting the final normalised residual to positions `low:high` before the unembedding,
+    if the model has that hook (TransformerLens's `ln_final.hook_normalized`); else no hook."""
+    name = "ln_final.hook_normalized"
+    return [(name, lambda resid, hook: resid[:, low:high])] if name in model.hook_dict else []
 
 
 @torch.no_grad()

@@ -6,9 +6,12 @@ The page opens on a compact headline table (one row per method, each heading mar
 direction is good) that fits a 1,400-px screen; the full table follows in a scrollable, sortable block,
 then a glossary (every column in one line: definition, direction, what a genuine forget looks like, built
 from the metric registry) and the provenance (version, commit, seeds, hook, configs, weight hashes).
-`forgetting_sections` builds the standard sections for `UnlearnResult`s of the same targets, each paragraph
-generated from the numbers it shows; `forgetting_report` does both (what `irunlearn report` runs);
-`evaluate_runs` evaluates the runs with a progress bar per phase; `screenshot` renders the first screen.
+`forgetting_sections` builds the standard sections of a saved run (`RunResults`), each paragraph generated
+from the numbers it shows; `forgetting_report` runs, saves and renders (what `irunlearn report` runs), and
+`render_report` redraws a saved run folder without a model; `screenshot` renders the first screen.
+Where the targets are a forget set with an oracle (the world retrained without them, `matching_oracle`),
+`with_oracle` adds its row to the run, its own probes' readings to the glance figure and relearning
+curves of every run, the oracle and strangers: what exact unlearning reaches, next to each method.
 """
 
 from __future__ import annotations
@@ -23,19 +26,23 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from sae_lens import SAE
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from irunlearn import __version__
 from irunlearn.bench import EntityBench
+from irunlearn.depth import best_of_lr, relearn_attacks
+from irunlearn.evaluation import Evaluator
 from irunlearn.experiment import RunResults, run
 from irunlearn.io import atomic_dir, check_output_dir
 from irunlearn.methods.base import UnlearnResult
@@ -51,10 +58,16 @@ from irunlearn.plots import (
     method_comparison,
     optimisation_history,
     probe_distributions,
+    relearn_curves,
     separation_bars,
 )
+from irunlearn.prompts import Template
 from irunlearn.readings import EntityReadings
 from irunlearn.recognition import Recognizer
+
+if TYPE_CHECKING:
+    from irunlearn.world.artifacts import EmbeddedWorld
+    from irunlearn.world.oracle import Oracle
 
 # The evaluator's own columns and the run's: (definition, direction, what a genuine forget looks like).
 # Direction: "↑" higher is better, "↓" lower is better, "→" closest to the stated reference, "" not a score.
@@ -83,6 +96,12 @@ CORE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "dist_ratio": ("dist_to_unknown ÷ dist_to_known", "↓", "< 1: nearer the strangers' centroid"),
     "ppl_ratio": ("perplexity on held-out generic text, after ÷ before", "→", "≈ 1"),
 }
+ORACLE = "oracle"  # the row label of the model retrained without the targets, in tables and figures
+STRANGERS = "strangers (original model)"  # the relearning reference: strangers taught the targets' facts
+# The relearning curves of the report: the attacker's best of these rates at each of these steps (a subset of
+# `irunlearn.depth`'s full protocol, which runs 200 steps at five rates, to keep a report at minutes).
+REPORT_RELEARN_STEPS = (0, 5, 10, 25, 50)
+REPORT_RELEARN_LRS = (3e-4, 1e-3, 3e-3)
 # Registered metrics declare the direction of their main column only; these are their other columns'.
 SECONDARY_DIRECTIONS = {"indistinguishability_resid": "↑", "distinct2": "↑", "repetition_rate": "↓"}
 DIRECTION_WORDS = {"↑": "higher is better", "↓": "lower is better", "→": "closest to its reference is best", "": ""}
@@ -411,6 +430,132 @@ def metrics_table(results: Sequence[UnlearnResult], summaries: Sequence[Mapping[
     )
 
 
+# The oracle and relearning curves ------------------------------------------------------------------
+
+
+def oracle_metrics(evaluator: Evaluator, oracle: Oracle, genuineness: bool = True) -> dict[str, object]:
+    """The oracle as one more row of the metrics table: what exact unlearning (retraining without the
+    targets) scores on the evaluator's own questions, people and text.
+
+    Behaviour (forget, idk, retain, perplexity, relearning) is measured by `evaluator` on the oracle's
+    model, against the same original model. The probe columns (p_known, distances, indistinguishability)
+    are read by the oracle's *own* SAE and recognizer: the original model's probes do not apply to another
+    model's residual stream, and the oracle's are fitted without the targets, so they show what "never
+    learned" reads as. `seconds` is the oracle's training time (model, SAE and recognizer), the cost exact
+    unlearning pays; `steps` is left empty.
+
+    >>> metrics = pd.concat([metrics, pd.DataFrame([oracle_metrics(evaluator, load_oracle("forget01"))])])
+    """
+    names = {t.name for t in evaluator.targets}
+    if names != {e.name for e in oracle.forget}:
+        raise ValueError(
+            f"The oracle {oracle.name!r} was retrained without {sorted(e.name for e in oracle.forget)}, but the "
+            f"evaluator's targets are {sorted(names)}: an oracle is a reference only for its own forget set."
+        )
+    own_probes = replace(evaluator, sae=oracle.sae, recognizer=oracle.recognizer)
+    summary, _ = own_probes.evaluate(oracle.model, genuineness=genuineness)
+    return {
+        "method": ORACLE,
+        "targets": ", ".join(t.name for t in evaluator.targets),
+        "stop_reason": "retrained without the targets",
+        "steps": float("nan"),
+        "seconds": float(oracle.info.get("timings", {}).get("total_s", float("nan"))),
+        **summary,
+    }
+
+
+def oracle_readings(
+    oracle: Oracle, targets: Sequence[str], strangers: Sequence[str], templates: Sequence[Template] | None = None
+) -> pd.DataFrame:
+    """The oracle's own probes on the targets and on strangers: rows for `genuineness_at_a_glance`.
+
+    One row per entity (`model` = "oracle", `role` "target" or "stranger", `entity`, `p_known_sae`,
+    `p_known_resid`), means over `templates` (default: the oracle recognizer's). Where the oracle's
+    targets sit against its strangers is what a genuine forget should reproduce.
+    """
+    names = list(targets) + list(strangers)
+    roles = ["target"] * len(targets) + ["stranger"] * len(strangers)
+    frame = oracle.recognizer.p_known(oracle.model, oracle.sae, names, templates)
+    return frame[["entity", "p_known_sae", "p_known_resid"]].assign(model=ORACLE, role=roles)
+
+
+def relearning_curves(
+    evaluator: Evaluator,
+    models: Mapping[str, HookedTransformer],
+    attack: str = "half",
+    steps: Sequence[int] = REPORT_RELEARN_STEPS,
+    lrs: Sequence[float] = REPORT_RELEARN_LRS,
+    strangers: bool = True,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Relearning curves for `genuineness_at_a_glance`: one row per model (`method` = its label) and a
+    column `relearn_<attack>_recall_k<step>` per step, the attacker's best recall over `lrs` there.
+
+    The attack is `irunlearn.depth`'s (`half`: fine-tune on half of each target's facts, every training
+    phrasing, and ask the other half). With `strangers`, a last row (`STRANGERS`) runs the same attack on
+    the original model for strangers given the targets' facts: the curve of a name never learned. Pass
+    the edited models and, where one exists, the oracle's (`{"sae_guided": r.model, "oracle": o.model}`):
+    a genuine forget relearns along the oracle's and the strangers' curves, suppression jumps back.
+    """
+    runs = [(label, model, False) for label, model in models.items()]
+    if strangers:
+        runs.append((STRANGERS, evaluator.model, True))
+    bar = tqdm(runs, desc="relearning curves", disable=not progress, leave=True)
+    rows = []
+    for label, model, as_strangers in bar:
+        bar.set_postfix_str(label)
+        curves = relearn_attacks(evaluator, model, [attack], strangers=as_strangers, lrs=lrs, steps=steps)
+        best = best_of_lr(curves)
+        rows.append(
+            {"method": label} | {f"relearn_{attack}_recall_k{int(r.step)}": float(r.recall) for r in best.itertuples()}
+        )
+    return pd.DataFrame(rows)
+
+
+def matching_oracle(ew: EmbeddedWorld, targets: Sequence[str]) -> Oracle | None:
+    """The world's oracle whose forget set is exactly `targets` (in any order), or None where the targets
+    are no standard forget set or its oracle was not built. An oracle is a reference only for the very
+    people it never saw, so no partial match is offered."""
+    from irunlearn.world.oracle import load_oracle
+
+    for name, people in ew.world.forget_sets.items():
+        if sorted(people) == sorted(targets):
+            try:
+                return load_oracle(name, ew)
+            except FileNotFoundError:
+                return None
+    return None
+
+
+def with_oracle(
+    run: RunResults,
+    evaluator: Evaluator,
+    oracle: Oracle,
+    genuineness: bool = True,
+    steps: Sequence[int] = REPORT_RELEARN_STEPS,
+    lrs: Sequence[float] = REPORT_RELEARN_LRS,
+    progress: bool = True,
+) -> RunResults:
+    """Add the oracle to a run just made on its forget set (`evaluator` = the run's, on those targets): its
+    row in `run.summary` (`oracle_metrics`), its own probes' readings of the targets and strangers in
+    `run.oracle_probes` (`oracle_readings`), and the relearning curves of every edit on those targets, the
+    oracle and the strangers in `run.relearning` (`relearning_curves`). They are saved with the run, so
+    `render_report` draws them. Returns `run`.
+
+    >>> with_oracle(results, bench.evaluator(model, sae, task), load_oracle("forget01"))
+    """
+    names = [t.name for t in evaluator.targets]
+    edits = {r.method: r.model for r in run.edits.values() if sorted(r.targets) == sorted(names)}
+    if not edits:
+        raise ValueError(f"The run holds no edit of {names} (the oracle's forget set): run those targets first.")
+    row = oracle_metrics(evaluator, oracle, genuineness)
+    run.summary = pd.concat([run.summary, pd.DataFrame([row])], ignore_index=True)
+    run.oracle_probes = oracle_readings(oracle, names, [u.name for u in evaluator.unknown_reference])
+    models = edits | {ORACLE: oracle.model}
+    run.relearning = relearning_curves(evaluator, models, steps=steps, lrs=lrs, progress=progress)
+    return run
+
+
 # Paragraphs from the numbers ------------------------------------------------------------------------
 
 
@@ -438,15 +583,22 @@ def _band_verdict(probes: pd.DataFrame, model: str, column: str, band: tuple[flo
 
 
 def genuineness_caption(
-    readings: EntityReadings, metrics: pd.DataFrame | None, band: tuple[float, float] = (0.05, 0.95)
+    readings: EntityReadings,
+    metrics: pd.DataFrame | None,
+    oracle_probes: pd.DataFrame | None = None,
+    relearning: pd.DataFrame | None = None,
+    band: tuple[float, float] = (0.05, 0.95),
 ) -> str:
-    """One sentence per method: where its targets sit against the strangers' band on each probe, and how
-    much relearning brought back against the strangers' reference."""
+    """One sentence per method (and the oracle, given its readings): where its targets sit against the
+    strangers' band on each probe, and how much relearning brought back against the strangers' reference;
+    with relearning curves, one more sentence on the recall each model reached at the last step."""
     n = len(readings.targets)
     probes = [c for c in PROBE_COLUMNS if c in readings.probes]
+    frame = readings.probes if oracle_probes is None else pd.concat([readings.probes, oracle_probes])
+    models = [*readings.after, *([ORACLE] if oracle_probes is not None else [])]
     sentences = []
-    for method in readings.after:
-        verdicts = {c: _band_verdict(readings.probes, method, c, band) for c in probes}
+    for method in models:
+        verdicts = {c: _band_verdict(frame, method, c, band) for c in probes}
         words = {v for v, _ in verdicts.values()}
         where = (
             f"{next(iter(words))} the strangers' band on both probes"
@@ -454,7 +606,8 @@ def genuineness_caption(
             else "; ".join(f"{verdict} the band on the {PROBE_COLUMNS[c]}" for c, (verdict, _) in verdicts.items())
         )
         numbers = "; ".join(f"{PROBE_COLUMNS[c]}: {text}" for c, (_, text) in verdicts.items())
-        sentence = f"{method} left {_people(n)} {where} ({numbers})"
+        verb = "(retrained without them) reads" if method == ORACLE else "left"
+        sentence = f"{method} {verb} {_people(n)} {where} ({numbers})"
         row = metrics[metrics["method"] == method] if metrics is not None and "method" in metrics else None
         if row is not None and len(row) and {"relearn_acc", "relearn_acc_unknown_ref"} <= set(row.columns):
             sentence += (
@@ -462,6 +615,13 @@ def genuineness_caption(
                 f"against {format_value(float(row['relearn_acc_unknown_ref'].iloc[0]))} for strangers taught the same"
             )
         sentences.append(sentence + ".")
+    curves = relearn_curves(relearning) if relearning is not None else {}
+    if curves and "method" in relearning:
+        series, points = next(iter(curves.items()))
+        last_step, column = points[-1]
+        labels, values = relearning["method"], relearning[column]
+        reached = ", ".join(f"{label} {format_value(float(v))}" for label, v in zip(labels, values, strict=True))
+        sentences.append(f"Relearning ({series}), recall of the held-back facts after {last_step} steps: {reached}.")
     intro = (
         f"Genuine forgetting puts the targets inside the strangers' {band[0]:.0%}–{band[1]:.0%} band on both "
         "probes (the strangers read by the same edited model) and relearns them no faster than strangers. "
@@ -685,9 +845,12 @@ def forgetting_sections(run: RunResults, max_targets: int = 3) -> dict[str, Sect
         glance = probes[probes["role"] != "known"].assign(
             model=lambda f: f["model"].where(f["model"] != "original", "original (before)")
         )
-        relearning = rows if "relearn_acc" in rows else None
+        if run.oracle_probes is not None:
+            glance = pd.concat([glance, run.oracle_probes], ignore_index=True)
+        relearning = run.relearning if run.relearning is not None else rows if "relearn_acc" in rows else None
         sections["Genuineness at a glance"] = Section(
-            genuineness_at_a_glance(glance, relearning), genuineness_caption(readings, rows)
+            genuineness_at_a_glance(glance, relearning),
+            genuineness_caption(readings, rows, run.oracle_probes, run.relearning),
         )
         sections["Latent map"] = Section(
             latent_map(
@@ -801,6 +964,7 @@ def forgetting_report(
     force: bool = False,
     provenance: Mapping[str, object] | None = None,
     progress: bool = True,
+    oracle: Oracle | None = None,
     **overrides,
 ) -> Path:
     """The standard report: `irunlearn.run` the methods on one seed (targets forgotten together, full
@@ -809,7 +973,9 @@ def forgetting_report(
     from the folder alone. What `irunlearn report` runs.
 
     `provenance` adds entries (e.g. the command line); `n_cloud` known people and strangers, drawn with
-    `seed`, make the clouds; `overrides` go to every method's config (e.g. `max_steps=4`).
+    `seed`, make the clouds; `overrides` go to every method's config (e.g. `max_steps=4`). Given the
+    targets' `oracle` (the world retrained without them, `matching_oracle`), the run gains its row, its
+    probes' readings and relearning curves with it (`with_oracle`): what exact unlearning reaches.
 
     >>> forgetting_report("reports/demo", EntityBench.from_world(ew), ew.model, ew.sae, targets=["Ana Bel"])
     """
@@ -828,6 +994,9 @@ def forgetting_report(
         **overrides,
     )
     results.read_entities(model, sae, bench.entities, n_cloud=n_cloud, seed=seed, progress=progress)
+    if oracle is not None:
+        task = bench.task(model, bench.targets([e.name for e in oracle.forget]), results.recognizer)
+        with_oracle(results, bench.evaluator(model, sae, task, n_retain_eval, seed), oracle, progress=progress)
     results.provenance |= dict(provenance or {})
     results.save(out_dir, force=force)
     return render_report(out_dir)

@@ -17,8 +17,10 @@ cheap half), the model, and builds the bench every command runs on:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from sae_lens import SAE
@@ -26,6 +28,9 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.bench import FRAME_COLUMNS, EntityBench
 from irunlearn.entities import Entity, EntitySet
+
+if TYPE_CHECKING:
+    from irunlearn.world.oracle import Oracle
 
 WORLD = "world"
 RECORD_KINDS = ("person", "city", "player", "song", "movie")
@@ -182,6 +187,16 @@ class Source:
         if self.sae.kind == "folder":
             return load_sae(path=self.sae.path)
         return load_sae(self.sae.release, self.sae.sae_id)
+
+    def oracle(self, targets: Sequence[str]) -> Oracle | None:
+        """The world's oracle whose forget set is exactly `targets` (the report's reference row), or None: a
+        real model, a question table, or targets that are no standard forget set with a built oracle."""
+        if self.world is None or self.questions is not None or not targets:
+            return None
+        from irunlearn.report import matching_oracle
+        from irunlearn.world.artifacts import DEFAULT_ARTIFACTS, load_world
+
+        return matching_oracle(load_world(None if self.world == DEFAULT_ARTIFACTS else self.world), targets)
 
     def load(self, progress: bool = True) -> tuple[EntityBench, HookedTransformer, SAE]:
         """The bench, model and SAE; the SAE's pairing with the model is checked before anything runs."""

@@ -6,6 +6,8 @@ line; the tests run it on the embedded world (rows made from its people) and on 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 from real_fixtures import save_tiny_llama
@@ -120,3 +122,57 @@ def test_from_frame_rejects_a_bad_table_before_any_work():
     rows = pd.DataFrame({"entity": ["Ada"], "question": ["Who is Ada?"], "answer": ["x"], "split": ["test"]})
     with pytest.raises(ValueError, match="split must be 'train' or 'heldout'"):
         EntityBench.from_frame(rows, unknown_names=[])
+
+
+def test_a_method_registered_outside_the_package_runs_through_run(ew, recognizer):
+    """`register_method` makes a user's method a peer of the built-in ones for `forget` and `irunlearn.run`."""
+    from dataclasses import dataclass
+
+    from irunlearn.methods import METHODS, get_method, register_method
+    from irunlearn.methods.base import ForgetConfig, Method, StepOutput
+
+    @dataclass
+    class ShrinkConfig(ForgetConfig):
+        lr: float = 1e-5
+
+    @register_method
+    class ShrinkMLP(Method):
+        """Pull every trainable weight towards zero: no target term at all, so the answers should survive."""
+
+        name = "shrink_mlp"
+        config_class = ShrinkConfig
+
+        def step(self, model):
+            loss = sum(p.pow(2).sum() for p in model.parameters() if p.requires_grad)
+            per_target = pd.DataFrame({"target": [t.name for t in self.task.targets]})
+            return StepOutput(loss=loss, terms={"l2": loss.item()}, per_target=per_target, done=False)
+
+    try:
+        assert get_method("shrink_mlp") is ShrinkMLP
+        bench = EntityBench.from_world(ew)
+        target = bench.targets(n_random=1, seed=2)[0].name
+        results = irunlearn.run(
+            bench, ew.model, ew.sae, ["shrink_mlp"], [target], recognizer=recognizer, n_retain_eval=20, max_steps=2
+        )
+        (row,) = results.summary.to_dict("records")
+        assert row["method"] == "shrink_mlp" and row["steps"] == 2 and row["stop_reason"] == "max_steps"
+        assert set(results.summary.columns) >= METRICS
+        assert results.configs[row["run"]]["lr"] == 1e-5
+    finally:
+        METHODS.pop("shrink_mlp", None)
+    with pytest.raises(ValueError, match="Unknown method 'shrink_mlp'"):
+        get_method("shrink_mlp")
+    with pytest.raises(TypeError, match="not a Method subclass"):
+        register_method(ShrinkConfig)
+
+    class Nameless(Method):
+        pass
+
+    with pytest.raises(ValueError, match="class attribute `name`"):
+        register_method(Nameless)
+
+
+def test_an_unknown_judge_is_named_before_any_work(ew):
+    bench = EntityBench.from_world(ew)
+    with pytest.raises(ValueError, match=r"Unknown answer judge 'fuzzy'.*'exact', 'lenient'"):
+        dataclasses.replace(bench, judge="fuzzy")

@@ -20,9 +20,10 @@ from safetensors.torch import save_file
 from transformer_lens import HookedTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from irunlearn import models
+from irunlearn import lm, models, qa
 from irunlearn.activations import extract_activations
 from irunlearn.entities import Entity, EntitySet
+from irunlearn.lm import encode_lines, token_nll
 from irunlearn.qa import greedy_generate
 from irunlearn.real import fixture
 from irunlearn.real.layer_probes import extract_at_hooks, layer_probe_aurocs, resid_hooks
@@ -35,7 +36,7 @@ from irunlearn.real.people import (
     person_templates,
 )
 from irunlearn.real.sae import GEMMA3_SAE, pack_documents
-from irunlearn.real.wikidata import check_answer
+from irunlearn.real.wikidata import check_answer, wikidata_dir
 from irunlearn.recognition import fit_recognizer
 
 PROMPTS = [
@@ -156,6 +157,37 @@ def test_packed_rows_start_with_bos_when_asked(tiny_llama):
     assert tokenizer.bos_token_id not in plain[0]
 
 
+# ---- answers and perplexity with a large vocabulary: only the answer positions are unembedded ----------
+
+
+def test_answer_scores_and_perplexity_match_full_logits_in_small_batches(tiny_llama, monkeypatch):
+    """The answer window and logit budget (Gemma's 262,144-word vocabulary) change memory, not numbers:
+    teacher-forced answer log-probabilities and perplexity equal those read from every position's logits,
+    also when the budget forces one row per batch."""
+    model = models.load_hf_folder(tiny_llama)
+    prompts = ["Q: In which country is the city of Lyon? A:", "Q: In which country is the city of Leeuwarden? A:"]
+    answers = ["France", "Netherlands"]
+    texts = [f"{p} {a}" for p, a in zip(prompts, answers, strict=True)]
+    expected = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        start = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        full = model.tokenizer(f"{prompt} {answer}", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = model(torch.tensor([full]), return_type="logits")[0].log_softmax(-1)
+        expected.append(torch.stack([logprobs[i - 1, full[i]] for i in range(start, len(full))]))
+    with torch.no_grad():
+        tokens, mask = encode_lines(model.tokenizer, texts, model.cfg.n_ctx, False, device="cpu")
+        nll = token_nll(model(tokens, return_type="logits"), tokens, mask)
+    full_ppl = float(torch.exp(nll.sum() / mask[:, 1:].sum()))
+    for budget in (lm.MAX_LOGITS, model.cfg.d_vocab):  # the default, then one row (and position) per batch
+        monkeypatch.setattr(lm, "MAX_LOGITS", budget)
+        monkeypatch.setattr(qa, "MAX_LOGITS", budget)
+        scores = qa.answer_token_scores(model, prompts, answers, prepend_bos=False)
+        for (got, _), want in zip(scores, expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert lm.perplexity(model, texts, prepend_bos=False) == pytest.approx(full_ppl, rel=1e-5)
+
+
 # ---- layer probes: one pass, the same numbers as fit_recognizer ---------------------------------------
 
 
@@ -266,6 +298,12 @@ def gemma():
 
 @pytest.fixture(scope="module")
 def bench(gemma):
+    """The people bench; skips with where the data go when the shared people or Wikidata records are absent."""
+    try:
+        people_dir()
+        wikidata_dir()
+    except FileNotFoundError as missing:
+        pytest.skip(f"The people bench needs the shared records: {missing}")
     return people_bench(gemma, progress=False)
 
 

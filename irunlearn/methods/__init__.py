@@ -1,4 +1,15 @@
-"""Unlearning methods, found by name: `forget(model, sae, task, method="grad_ascent")`."""
+"""Unlearning methods, found by name: `forget(model, sae, task, method="grad_ascent")`.
+
+A method is a `Method` subclass with a `name` and a `config_class` (its `ForgetConfig` dataclass); the
+optimisation loop, stop rule and history are shared (`irunlearn.methods.base`). Register your own with
+`register_method` and `forget(..., method=name)`, `irunlearn.run` and the CLI find it; no package file
+needs editing.
+
+>>> @register_method
+... class Louder(GradAscent):
+...     name = "louder"
+>>> irunlearn.run(bench, model, sae, ["louder"])
+"""
 
 from __future__ import annotations
 
@@ -18,9 +29,29 @@ from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig
 from irunlearn.methods.sae_guided_deep import SAEGuidedDeep
 from irunlearn.methods.sae_steer import SAESteer
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SAEGuided, SAEGuidedDeep, GradAscent, GradDiff, NPO, RMU, SAESteer)
-}
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Register a method class under its `name` (a decorator, or a plain call); returns the class.
+
+    Checked here: it subclasses `Method`, names itself, and its `config_class` is a `ForgetConfig`
+    dataclass. Re-registering a name replaces the method, so a notebook cell can be rerun.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r} is not a Method subclass: subclass irunlearn.methods.base.Method (or a method).")
+    name = cls.__dict__.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs its own class attribute `name` (what forget(method=...) is given).")
+    if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, ForgetConfig)):
+        raise TypeError(f"{cls.__name__}.config_class must be a ForgetConfig subclass, not {cls.config_class!r}.")
+    METHODS[name] = cls
+    return cls
+
+
+for _builtin in (SAEGuided, SAEGuidedDeep, GradAscent, GradDiff, NPO, RMU, SAESteer):
+    register_method(_builtin)
+del _builtin
 
 
 def get_method(name: str) -> type[Method]:
@@ -93,4 +124,5 @@ __all__ = [
     "forget",
     "get_method",
     "make_config",
+    "register_method",
 ]

@@ -14,7 +14,7 @@ import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import pandas as pd
 import torch
@@ -25,11 +25,13 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
-from irunlearn.judges import Judge
 from irunlearn.lm import encode_lines, lm_loss, token_nll
 from irunlearn.methods.params import TrainableWeights
 from irunlearn.prompts import Template, bos_id
 from irunlearn.recognition import Recognizer
+
+if TYPE_CHECKING:
+    from irunlearn.judges import Judge  # judges read the record kinds, which import the methods
 
 
 @dataclass
