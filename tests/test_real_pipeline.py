@@ -441,7 +441,7 @@ def test_gemma_recipe_runs_on_local_stand_ins(tiny, trained, records, monkeypatc
     monkeypatch.setenv("IRUNLEARN_CACHE", str(tmp_path / "cache"))
 
     cell = _recipe_cell()
-    namespace: dict = {}
+    namespace: dict = {"GEMMA_CITIES": len(load_entities("city"))}  # the parameters cell's, on the stand-ins
     exec(compile(cell.source, "04_real_model:gemma-recipe", "exec"), namespace)
     assert calls == {
         "sae": ("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical"),
