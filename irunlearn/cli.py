@@ -391,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     method_option(p, "sae_guided")
     steps_option(p)
     p.add_argument(
-        "--genuineness",
-        action="store_true",
-        help="also indistinguishability, generation health and relearning (compare and report always do)",
+        "--no-genuineness",
+        dest="genuineness",
+        action="store_false",
+        help="skip indistinguishability, generation health and relearning (faster; compare and report always run them)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="save the edited model in this folder (one method) (default: not saved)"

@@ -103,7 +103,7 @@ def test_compare_saves_a_run_folder_that_renders_without_entity_readings(ew, tmp
 def test_forget_with_a_question_file_on_the_world(question_file, capsys):
     path, rows = question_file
     target = rows["entity"].iloc[0]
-    code, out = run_cli(capsys, "forget", "--questions", path, "--target", target, "--max-steps", 3)
+    code, out = run_cli(capsys, "forget", "--questions", path, "--target", target, "--max-steps", 3, "--no-genuineness")
     assert code == 0, out
     assert out["bench"] == "questions" and out["targets"] == [target]
     (run,) = out["runs"]
@@ -122,7 +122,9 @@ def test_recognize_with_a_jsonl_question_file_on_the_world(question_file, tmp_pa
 
 def test_forget_on_the_world_by_name_gives_one_run_per_method(ew, capsys):
     target = ew.world.known[3].name
-    code, out = run_cli(capsys, "forget", "--target", target, "--method", "sae_guided,sae_steer", "--max-steps", 2)
+    code, out = run_cli(
+        capsys, "forget", "--target", target, "--method", "sae_guided,sae_steer", "--max-steps", 2, "--no-genuineness"
+    )
     assert code == 0, out
     assert out["bench"] == "world" and [r["method"] for r in out["runs"]] == ["sae_guided", "sae_steer"]
 
@@ -185,6 +187,7 @@ def test_forget_elon_musk_on_smollm2(capsys):
     code, out = run_cli(capsys, "forget", "--model", "smollm2", "--target", "Elon Musk")
     assert code == 0, out
     assert out["targets"] == ["Elon Musk"] and out["runs"][0]["method"] == "sae_guided"
+    assert {"indistinguishability", "relearn_acc", "retain_acc", "probe_p_known_resid"} <= set(out["runs"][0])
 
 
 @pytest.mark.real
@@ -205,3 +208,4 @@ def test_forget_a_person_in_no_record_on_smollm2_from_a_question_file(tmp_path, 
     )
     assert code == 0, out
     assert out["targets"] == [person]
+    assert {"indistinguishability", "relearn_acc", "retain_acc", "probe_p_known_resid"} <= set(out["runs"][0])
