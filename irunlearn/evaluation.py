@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from sae_lens import SAE
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from irunlearn.activations import encode_latents, extract_activations
 from irunlearn.entities import UNKNOWN_ANSWER, Entity
 from irunlearn.judges import ExactJudge, Judge
 from irunlearn.lm import encode_lines, lm_loss, perplexity
-from irunlearn.metrics import MetricResult, get_metric, metrics_in, register_metric
+from irunlearn.metrics import Metric, MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template
 from irunlearn.qa import answer_logprob, greedy_continuations, greedy_matches
@@ -148,20 +149,31 @@ class Evaluator:
         like_stranger = (target_lp <= stranger_lp).float().tolist()
         return pd.Series(like_stranger, index=questions["entity"]).groupby(level=0, sort=False).mean()
 
-    def evaluate(self, model: HookedTransformer, genuineness: bool = False) -> tuple[dict, pd.DataFrame]:
+    def evaluate(
+        self, model: HookedTransformer, genuineness: bool = False, progress: bool = False
+    ) -> tuple[dict, pd.DataFrame]:
         """Means over targets of the per-target metrics, plus retain_acc and ppl_ratio against the original.
 
         With `genuineness`, also indistinguishability from unknown entities, generation health and
-        relearning (see `genuineness`).
+        relearning (see `genuineness`). `progress` shows one bar over the phases, naming the one running.
         """
+        chosen = self._checked([m.name for m in metrics_in("genuineness")] if genuineness else [])
+        bar = tqdm(total=2 + len(chosen), desc="evaluating", disable=not progress, leave=False)
+        bar.set_postfix_str("answers and probes")
         rows = self.per_target(model)
+        bar.update()
+        bar.set_postfix_str("retain and perplexity")
         after = self._behaviour(model)
+        bar.update()
         summary = rows.drop(columns="target").mean().to_dict()
         # relative to the original model; undefined (NaN) if the original knew none of the retain facts
         summary["retain_acc"] = after["retain"] / self.baseline["retain"] if self.baseline["retain"] else float("nan")
         summary["ppl_ratio"] = after["ppl"] / self.baseline["ppl"]
-        if genuineness:
-            summary |= self.genuineness(model)
+        for metric in chosen:
+            bar.set_postfix_str(metric.name)
+            summary |= metric.fn(self, model).values
+            bar.update()
+        bar.close()
         return summary, rows
 
     def genuineness(self, model: HookedTransformer) -> dict:
@@ -173,8 +185,8 @@ class Evaluator:
         """
         return self.metrics(model, [m.name for m in metrics_in("genuineness")])
 
-    def metrics(self, model: HookedTransformer, names: Sequence[str]) -> dict[str, float]:
-        """The aggregate values of the named registered metrics on `model` (all their needs checked first)."""
+    def _checked(self, names: Sequence[str]) -> list[Metric]:
+        """The named registered metrics, each one's needs checked against this evaluator before any work."""
         chosen = [get_metric(name) for name in names]
         for metric in chosen:
             missing = [need for need in metric.needs if not getattr(self, need, None)]
@@ -183,8 +195,12 @@ class Evaluator:
                     f"Metric {metric.name!r} needs Evaluator.{', Evaluator.'.join(missing)}: give it when building "
                     "the evaluator, or leave the metric out."
                 )
+        return chosen
+
+    def metrics(self, model: HookedTransformer, names: Sequence[str]) -> dict[str, float]:
+        """The aggregate values of the named registered metrics on `model` (all their needs checked first)."""
         values: dict[str, float] = {}
-        for metric in chosen:
+        for metric in self._checked(names):
             values |= metric.fn(self, model).values
         return values
 

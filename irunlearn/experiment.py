@@ -162,7 +162,7 @@ def run(
             evaluator = bench.evaluator(model, sae, task, n_retain_eval, seed)
             for method in methods:
                 result = forget(model, sae, task, method=method, seed=seed, progress=progress, **overrides)
-                summary, by_target = evaluator.evaluate(result.model, genuineness=genuineness)
+                summary, by_target = evaluator.evaluate(result.model, genuineness=genuineness, progress=progress)
                 run_id = f"{seed}:{'+'.join(result.targets)}:{method}"
                 rows.append(
                     {

@@ -56,3 +56,10 @@ def test_a_metric_whose_needs_are_missing_fails_before_any_work(ew, evaluator):
         bare.metrics(ew.model, ["generation_health", "relearn"])
     with pytest.raises(ValueError, match="Unknown metric 'nope'"):
         bare.metrics(ew.model, ["nope"])
+
+
+def test_evaluate_shows_its_phases_and_is_silent_without_progress(ew, evaluator, capsys):
+    evaluator.evaluate(ew.model, genuineness=False, progress=True)
+    assert "evaluating" in capsys.readouterr().err
+    evaluator.evaluate(ew.model, genuineness=False)
+    assert "evaluating" not in capsys.readouterr().err
