@@ -624,6 +624,8 @@ def optimisation_history(
         terms = [label for label in losses if label.split(" = ")[0] != "loss"]
         for label, values in losses.items():
             shown = values.where(values > 0) if log else values
+            if not shown.notna().any():  # e.g. a term logged only from the second step of a one-step run
+                continue
             color = (
                 LOSS_PALETTE[1 + terms.index(label) % (len(LOSS_PALETTE) - 1)] if label in terms else LOSS_PALETTE[0]
             )
@@ -643,6 +645,8 @@ def optimisation_history(
             rows = history[history["target"] == target].sort_values("step")
             for column in columns:
                 label, color, dash = quantities[column]
+                if not rows[column].notna().any():  # nothing logged for this target: no empty trace
+                    continue
                 fig.add_trace(
                     go.Scatter(
                         x=rows["step"],
