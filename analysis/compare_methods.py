@@ -17,28 +17,11 @@ import pandas as pd
 
 import irunlearn
 from irunlearn.bench import EntityBench
-from irunlearn.comparison import summarise
+from irunlearn.comparison import BATTERY_COLUMNS, COST_COLUMNS, summarise
 from irunlearn.methods import METHODS
 
 RESULTS = Path(__file__).parent / "results"
-COLUMNS = [
-    "forget_acc",
-    "paraphrase_forget_acc",
-    "idk_rate",
-    "retain_acc",
-    "probe_p_known_sae",
-    "probe_p_known_resid",
-    "dist_ratio",
-    "indistinguishability",
-    "indistinguishability_resid",
-    "ppl_ratio",
-    "generation_health",
-    "repetition_rate",
-    "relearn_acc",
-    "relearn_acc_unknown_ref",
-    "steps",
-    "seconds",
-]
+COLUMNS = [*BATTERY_COLUMNS, *COST_COLUMNS]
 
 
 def mean_std_table(table: pd.DataFrame) -> str:

@@ -23,29 +23,13 @@ from tables import markdown
 import irunlearn
 from irunlearn.activations import sae_hook_name, stop_layer
 from irunlearn.bench import EntityBench
+from irunlearn.comparison import BATTERY_COLUMNS, COST_COLUMNS
 from irunlearn.models import load_sae
 from irunlearn.real import fixture
 from irunlearn.real.sae import SMOLLM2_SAE
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COLUMNS = [
-    "method",
-    "targets",
-    "forget_acc",
-    "paraphrase_forget_acc",
-    "idk_rate",
-    "retain_acc",
-    "probe_p_known_sae",
-    "probe_p_known_resid",
-    "dist_ratio",
-    "indistinguishability",
-    "relearn_acc",
-    "relearn_acc_unknown_ref",
-    "ppl_ratio",
-    "steps",
-    "stop_reason",
-    "seconds",
-]
+COLUMNS = ["method", "targets", *BATTERY_COLUMNS, *COST_COLUMNS, "stop_reason"]
 
 
 def main(argv: list[str] | None = None) -> int:

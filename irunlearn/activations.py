@@ -59,6 +59,32 @@ def resid_width(model: HookedTransformer, hook_name: str) -> int:
     return acts.shape[-1]
 
 
+def resid_hooks(model: HookedTransformer, *, up_to: int | None = None, embedding: bool = False) -> list[str]:
+    """The residual stream's hook names in order: `blocks.L.hook_resid_post` for every block L ≤ `up_to`
+    (default: every block), preceded by the embedding's output (`blocks.0.hook_resid_pre`) if `embedding`."""
+    last = model.cfg.n_layers - 1 if up_to is None else up_to
+    return ["blocks.0.hook_resid_pre"] * embedding + [f"blocks.{layer}.hook_resid_post" for layer in range(last + 1)]
+
+
+def patched_logits(
+    model: HookedTransformer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    hook_name: str,
+    rows: Int[torch.Tensor, " n"],
+    cols: Int[torch.Tensor, " n"],
+    values: Float[torch.Tensor, "n d"],
+) -> Float[torch.Tensor, "batch pos vocab"]:
+    """`model`'s logits with the activation at `hook_name` replaced by `values` at (`rows`, `cols`): the one
+    activation patch of the depth checks (key restoration, locating, UDS)."""
+
+    def patch(activation: torch.Tensor, hook) -> torch.Tensor:
+        activation = activation.clone()
+        activation[rows, cols] = values.to(activation.dtype)
+        return activation
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, patch)], return_type="logits")
+
+
 def forward_to_hook(
     model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], hook_name: str
 ) -> Float[torch.Tensor, "batch pos d"]:

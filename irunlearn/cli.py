@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from irunlearn import __version__
+from irunlearn.comparison import BATTERY_COLUMNS, COST_COLUMNS
 from irunlearn.io import CorruptArtifactError, check_output_dir, check_output_file
 from irunlearn.methods import METHODS
 from irunlearn.sources import RECORD_KINDS
@@ -26,20 +27,7 @@ SAE_HELP = (
     "a shipped SAE ('smollm2', 'gemma3-270m'), a folder written by sae.save_model, or RELEASE/SAE_ID of "
     "SAELens's registry (default: the world's own SAE, or the shipped SAE of a fixture model)"
 )
-REPORT_COLUMNS = (
-    "method",
-    "stop_reason",
-    "steps",
-    "seconds",
-    "forget_acc",
-    "paraphrase_forget_acc",
-    "idk_rate",
-    "retain_acc",
-    "probe_p_known_sae",
-    "probe_p_known_resid",
-    "ppl_ratio",
-    "relearn_acc",
-)
+REPORT_COLUMNS = ("method", "stop_reason", *COST_COLUMNS, *BATTERY_COLUMNS)  # what `report` prints
 
 
 class UsageError(ValueError):
@@ -159,7 +147,6 @@ def _run(args: argparse.Namespace, bench, model, sae, n_random: int, seeds: list
     """`irunlearn.run` of the command's methods on its targets and seeds, with its step budget."""
     import irunlearn
 
-    overrides = {} if args.max_steps is None else {"max_steps": args.max_steps}
     results = irunlearn.run(
         bench,
         model,
@@ -170,10 +157,15 @@ def _run(args: argparse.Namespace, bench, model, sae, n_random: int, seeds: list
         seeds,
         genuineness=genuineness,
         progress=not args.quiet,
-        **overrides,
+        **_method_settings(args),
     )
     results.provenance["command"] = args.command_line
     return results
+
+
+def _method_settings(args: argparse.Namespace) -> dict:
+    """The method settings the command line overrides (today `--max-steps`), for `run` and the report."""
+    return {} if args.max_steps is None else {"max_steps": args.max_steps}
 
 
 def cmd_recognize(args: argparse.Namespace) -> dict:
@@ -270,7 +262,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
             provenance={"command": args.command_line},
             progress=not args.quiet,
             oracle=source.oracle(args.target or ()),
-            **({} if args.max_steps is None else {"max_steps": args.max_steps}),
+            **_method_settings(args),
         )
         metrics = RunResults.load(args.out).summary
     if not args.json:

@@ -4,6 +4,26 @@ from __future__ import annotations
 
 import pandas as pd
 
+# The genuineness battery's headline columns in the order tables show them (CLI, README, analysis scripts),
+# then what a run cost. `Evaluator.evaluate(..., genuineness=True)` reports every one of them on every bench.
+BATTERY_COLUMNS: tuple[str, ...] = (
+    "forget_acc",
+    "paraphrase_forget_acc",
+    "idk_rate",
+    "retain_acc",
+    "probe_p_known_sae",
+    "probe_p_known_resid",
+    "dist_ratio",
+    "indistinguishability",
+    "indistinguishability_resid",
+    "ppl_ratio",
+    "generation_health",
+    "repetition_rate",
+    "relearn_acc",
+    "relearn_acc_unknown_ref",
+)
+COST_COLUMNS: tuple[str, ...] = ("steps", "seconds")
+
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std (`<metric>_std`) of every numeric column per method, over runs (seeds), and `runs`.

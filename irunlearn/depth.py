@@ -38,7 +38,7 @@ from sae_lens import SAE
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from irunlearn.activations import sae_hook_name, stop_layer
+from irunlearn.activations import patched_logits, resid_hooks, sae_hook_name, stop_layer
 from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator, fact_questions
 from irunlearn.lm import encode_lines, lm_loss
@@ -68,29 +68,6 @@ def question_facts(entities: Sequence[Entity], templates: Sequence[Template]) ->
     return fact_questions(entities, questions).assign(
         template=[t.text for e in entities for t in questions if t.attribute in e.attributes]
     )
-
-
-def _patched_logits(
-    model: HookedTransformer,
-    tokens: Int[torch.Tensor, "batch pos"],
-    hook_name: str,
-    rows: Int[torch.Tensor, " n"],
-    cols: Int[torch.Tensor, " n"],
-    values: Float[torch.Tensor, "n d"],
-) -> Float[torch.Tensor, "batch pos vocab"]:
-    """`model`'s logits with the activation at `hook_name` replaced by `values` at (`rows`, `cols`)."""
-
-    def patch(activation: torch.Tensor, hook) -> torch.Tensor:
-        activation = activation.clone()
-        activation[rows, cols] = values.to(activation.dtype)
-        return activation
-
-    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, patch)], return_type="logits")
-
-
-def _resid_hooks(model: HookedTransformer, up_to: int | None = None) -> list[str]:
-    last = model.cfg.n_layers - 1 if up_to is None else up_to
-    return [f"blocks.{layer}.hook_resid_post" for layer in range(last + 1)]
 
 
 # Locating the facts -----------------------------------------------------------------------------------
@@ -124,7 +101,7 @@ def locate(
     if not strangers:
         raise ValueError("locate needs strangers (names the model never learned) for the replacement residual.")
     lines, reference = _located_lines(model, entities, templates, strangers, prepend_bos, answer_eos)
-    hooks = _resid_hooks(model)
+    hooks = resid_hooks(model)
     _, ref_cache = model.run_with_cache(reference.batch.tokens, names_filter=hooks, return_type=None)
     clean = _gold_logprob(model, lines, [], first_token)
     if first_token:  # a patch at block L changes nothing before it: run on from the clean residual there
@@ -406,14 +383,14 @@ def key_restoration(
     is replaced by the original model's. 1 means the edit left the facts downstream and moved only the key.
     """
     lines = NamedFacts.build(original, question_facts(targets, templates), prepend_bos)
-    tokens, hooks = lines.batch.tokens, _resid_hooks(original, up_to_layer)
+    tokens, hooks = lines.batch.tokens, resid_hooks(original, up_to=up_to_layer)
     original_logits, cache = original.run_with_cache(tokens, names_filter=hooks)
     known = lines.batch.greedy_hits(original_logits)
     entity = lines.facts["entity"]
     records = []
     for layer, hook in enumerate(hooks):
         values = cache[hook][lines.name_rows, lines.name_cols]
-        logits = _patched_logits(edited, tokens, hook, lines.name_rows, lines.name_cols, values)
+        logits = patched_logits(edited, tokens, hook, lines.name_rows, lines.name_cols, values)
         hits = lines.batch.greedy_hits(logits) & known
         per_target = pd.Series(hits.float().cpu().numpy()).groupby(entity).sum() / pd.Series(
             known.float().cpu().numpy()

@@ -24,7 +24,7 @@ from irunlearn.lm import encode_lines, lm_loss, perplexity
 from irunlearn.metrics import Metric, MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template
-from irunlearn.qa import answer_logprob, greedy_continuations, greedy_matches
+from irunlearn.qa import answer_logprob, greedy_matches, greedy_token_ids
 from irunlearn.recognition import Recognizer
 
 
@@ -220,7 +220,15 @@ class Evaluator:
 
     def _generations(self, model: HookedTransformer) -> list[list[int]]:
         prompts = [t.render(e.name) for e in self.targets for t in self.generation_templates]
-        return greedy_continuations(model, prompts, max_new_tokens=12, prepend_bos=self.prepend_bos)
+        eos = model.tokenizer.eos_token_id  # generations run past newlines, to the end of the sequence
+        return greedy_token_ids(
+            model,
+            prompts,
+            max_new_tokens=12,
+            prepend_bos=self.prepend_bos,
+            stop_ids=[] if eos is None else [eos],
+            progress=False,
+        )
 
     def _relearn(self, model: HookedTransformer, entities: Sequence[Entity]) -> float:
         """Accuracy on held-back attributes after fine-tuning on the other half of each entity's facts."""

@@ -23,7 +23,8 @@ from jaxtyping import Float
 from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
-from irunlearn.depth import _patched_logits, _resid_hooks, question_facts
+from irunlearn.activations import patched_logits, resid_hooks
+from irunlearn.depth import question_facts
 from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator, fact_questions
 from irunlearn.lm import encode_lines, token_nll
@@ -361,14 +362,14 @@ def unlearning_depth(
     on its layers; NaN where no layer encodes the answer).
     """
     lines = NamedFacts.build(original, question_facts(targets, templates), prepend_bos)
-    tokens, hooks = lines.batch.tokens, _resid_hooks(original)
+    tokens, hooks = lines.batch.tokens, resid_hooks(original)
     clean = lines.answer_logprob(original(tokens, return_type="logits"))
     _, oracle_cache = oracle.run_with_cache(tokens, names_filter=hooks)
     _, edited_cache = edited.run_with_cache(tokens, names_filter=hooks)
     rows, cols = lines.name_rows, lines.name_cols
 
     def drop(cache, hook: str) -> Float[torch.Tensor, " batch"]:
-        patched = _patched_logits(original, tokens, hook, rows, cols, cache[hook][rows, cols])
+        patched = patched_logits(original, tokens, hook, rows, cols, cache[hook][rows, cols])
         return clean - lines.answer_logprob(patched)
 
     frames = []

@@ -640,6 +640,7 @@ def optimisation_history(
         )
         fig.update_xaxes(title_text="step", row=1, col=1)
     quantities = {**HISTORY_READINGS, **HISTORY_DISTANCES}
+    in_legend: set[str] = set()  # each quantity's first drawn trace carries its legend entry
     for row, (name, columns) in enumerate(facet_rows, start=2 if losses else 1):
         for col, target in enumerate(targets, start=1):
             rows = history[history["target"] == target].sort_values("step")
@@ -654,12 +655,13 @@ def optimisation_history(
                         mode="lines",
                         name=label,
                         legendgroup=column,
-                        showlegend=col == 1,
+                        showlegend=column not in in_legend,
                         line={"color": color, "dash": dash},
                     ),
                     row=row,
                     col=col,
                 )
+                in_legend.add(column)
             if name == "readings":
                 fig.add_hline(y=0.5, line_dash="dash", line_color=OTHER_COLOR, row=row, col=col)
                 if stop_threshold is not None and "forget_acc_train" in columns:

@@ -2,9 +2,8 @@
 
 Two ways to read an answer: teacher-forced checks of a given answer (`greedy_matches`, `answer_logprob`,
 one batched forward, the exact judge's and the probability metrics' input) and free-form greedy
-generation (`greedy_generate`, batched with a key-value cache, cut at the first newline: what the lenient
-judge and real-model labelling read). `greedy_continuations` is the plain one-prompt-at-a-time loop that
-generation health reads token ids from.
+generation (`greedy_token_ids`, batched with a key-value cache; `greedy_generate` decodes it to the first
+line: what the lenient judge and real-model labelling read; generation health reads the token ids).
 """
 
 from __future__ import annotations
@@ -122,35 +121,6 @@ def _positions_only(model: HookedTransformer, low: int, high: int) -> list[tuple
 
 
 @torch.no_grad()
-def greedy_continuations(
-    model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 6, prepend_bos: bool = True
-) -> list[list[int]]:
-    """Greedy continuation token ids per prompt, up to `max_new_tokens` or the end-of-sequence token."""
-    continuations = []
-    for prompt in prompts:
-        tokens = torch.tensor([_encode(model, prompt, prepend_bos)], device=model.cfg.device)
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            next_id = int(model(tokens, return_type="logits")[0, -1].argmax())
-            if next_id == model.tokenizer.eos_token_id:
-                break
-            new.append(next_id)
-            tokens = torch.cat([tokens, torch.tensor([[next_id]], device=tokens.device)], dim=1)
-        continuations.append(new)
-    return continuations
-
-
-def greedy_answers(
-    model: HookedTransformer, prompts: Sequence[str], max_new_tokens: int = 6, prepend_bos: bool = True
-) -> list[str]:
-    """Free-form greedy answers: the continuation's first line, stripped."""
-    return [
-        model.tokenizer.decode(ids).split("\n")[0].strip()
-        for ids in greedy_continuations(model, prompts, max_new_tokens, prepend_bos)
-    ]
-
-
-@torch.no_grad()
 def answer_logprob(
     model: HookedTransformer,
     prompts: Sequence[str],
@@ -169,32 +139,35 @@ def answer_logprob(
 
 
 @torch.no_grad()
-def greedy_generate(
+def greedy_token_ids(
     model: HookedTransformer,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 8,
     prepend_bos: bool | None = None,
+    stop_ids: Sequence[int] | None = None,
     batch_size: int = 32,
     progress: bool = True,
-) -> list[str]:
-    """Greedy continuations of `prompts`, each cut at its first newline or end-of-sequence and stripped.
+) -> list[list[int]]:
+    """Greedy continuation token ids per prompt: the one generator of the package.
 
-    Prompts are encoded as the teacher-forced checks encode them (no special tokens, plus BOS when
-    `prepend_bos`, which defaults to the model's `cfg.default_prepend_bos`), sorted by length, left-padded into
-    batches, so every row's last real token is at the end; TransformerLens's `generate` masks the
-    padding, reuses its key-value cache and stops a row at its first newline or end-of-sequence token.
-    The answers equal one-prompt-at-a-time greedy decoding. Only the last position is unembedded (a hook
-    on `ln_final` keeps that position alone): `generate` reads nothing else, and unembedding every prompt
-    position costs more than the rest of the model where the vocabulary is large (Gemma: 262,144 words).
+    Each continuation ends at its first stop token (`stop_ids`, default `stop_token_ids`: end-of-sequence or
+    any token containing a newline), which is kept unless it is the end-of-sequence token. Prompts are encoded
+    as the teacher-forced checks encode them (no special tokens, plus BOS when `prepend_bos`, which defaults
+    to the model's `cfg.default_prepend_bos`), sorted by length, left-padded into batches, so every row's last
+    real token is at the end; TransformerLens's `generate` masks the padding, reuses its key-value cache and
+    stops a row at its first stop token. The continuations equal one-prompt-at-a-time greedy decoding. Only
+    the last position is unembedded (a hook on `ln_final` keeps that position alone): `generate` reads
+    nothing else, and unembedding every prompt position costs more than the rest of the model where the
+    vocabulary is large (Gemma: 262,144 words).
     """
     tokenizer = model.tokenizer
     if prepend_bos is None:
         prepend_bos = model.cfg.default_prepend_bos
-    stop_ids = stop_token_ids(tokenizer)
+    stops = list(stop_token_ids(tokenizer) if stop_ids is None else stop_ids)
     encoded = [_encode(model, prompt, prepend_bos) for prompt in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    answers = [""] * len(prompts)
+    continuations: list[list[int]] = [[] for _ in prompts]
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="generate", unit="batch", disable=not progress, leave=False):
         rows = order[start : start + batch_size]
@@ -206,15 +179,46 @@ def greedy_generate(
                 torch.tensor(padded, device=model.cfg.device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                stop_at_eos=True,
-                eos_token_id=stop_ids,
+                stop_at_eos=bool(stops),
+                eos_token_id=stops or None,
                 prepend_bos=prepend_bos,
                 return_type="tokens",
                 verbose=False,
             )
         for row, i in enumerate(rows):
-            answers[i] = _decode_answer(tokenizer, out[row, width:].tolist())
-    return answers
+            continuations[i] = _cut_at_stop(out[row, width:].tolist(), stops, tokenizer.eos_token_id)
+    return continuations
+
+
+def greedy_generate(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 8,
+    prepend_bos: bool | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[str]:
+    """Free-form greedy answers: each prompt's `greedy_token_ids` continuation decoded, cut at its first
+    newline, stripped (what the lenient judge and the labelling read)."""
+    continuations = greedy_token_ids(
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        prepend_bos=prepend_bos,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    decode = model.tokenizer.decode
+    return [decode(ids, skip_special_tokens=True).split("\n")[0].strip() for ids in continuations]
+
+
+def _cut_at_stop(new_ids: list[int], stops: Sequence[int], eos: int | None) -> list[int]:
+    """`new_ids` up to its first stop token, kept unless it is `eos` (padding after a stop is dropped)."""
+    for position, token in enumerate(new_ids):
+        if token in stops:
+            return new_ids[: position + (token != eos)]
+    return new_ids
 
 
 def _last_position_only(model: HookedTransformer) -> list[tuple[str, Callable]]:
@@ -233,12 +237,6 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 def _newline_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     return tuple(i for i, text in enumerate(texts) if "\n" in text)
-
-
-def _decode_answer(tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> str:
-    if tokenizer.eos_token_id in new_ids:
-        new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(new_ids, skip_special_tokens=True).split("\n")[0].strip()
 
 
 @contextmanager

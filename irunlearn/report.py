@@ -81,7 +81,7 @@ CORE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "persistent": ("whether the edit is in the weights (false: inference-time hooks)", "", "true"),
     "steps": ("optimiser updates applied", "↓", "few"),
     "seconds": ("wall time of the run, setup included", "↓", "short"),
-    "forget_acc": ("targets' facts still answered exactly (training phrasings)", "↓", "0"),
+    "forget_acc": ("targets' facts still answered right, by the bench's judge (training phrasings)", "↓", "0"),
     "paraphrase_forget_acc": ("the same with held-out phrasings no method trains on", "↓", "0, like forget_acc"),
     "idk_rate": ("targets' questions answered as a stranger's are ('unknown')", "↑", "≈ 1, like a stranger"),
     "retain_acc": ("other people's facts kept, ÷ the original model's (people no method trains on)", "↑", "≈ 1"),

@@ -16,23 +16,10 @@ from sae_lens import TopKSAE, TopKSAEConfig
 import irunlearn
 from irunlearn import models
 from irunlearn.bench import EntityBench
+from irunlearn.comparison import BATTERY_COLUMNS
 from irunlearn.experiment import RunResults
 
-METRICS = {
-    "forget_acc",
-    "paraphrase_forget_acc",
-    "idk_rate",
-    "retain_acc",
-    "probe_p_known_sae",
-    "probe_p_known_resid",
-    "dist_ratio",
-    "ppl_ratio",
-    "indistinguishability",
-    "indistinguishability_resid",
-    "generation_health",
-    "relearn_acc",
-    "relearn_acc_unknown_ref",
-}
+METRICS = set(BATTERY_COLUMNS)  # every one on every bench, world or real
 
 
 def own_model_forget(model, sae, rows, unknown_names, target, **settings):

@@ -316,6 +316,16 @@ def test_history_shows_a_single_loss_term_once_and_plots_the_suppression_stop_cr
         optimisation_history(pd.DataFrame())
 
 
+def test_history_keeps_a_legend_entry_when_the_first_target_logged_nothing_of_a_quantity():
+    frame = history_frame()
+    frame.loc[frame["target"] == "Ana Bel", "dist_to_known"] = float("nan")
+    fig = optimisation_history(frame)
+    drawn = [t for t in fig.data if t.xaxis != "x"]
+    labelled = [t.name for t in drawn if t.showlegend is not False]
+    assert sorted(labelled) == sorted({t.name for t in drawn})  # every quantity once in the legend
+    assert figure_problems(fig) == []
+
+
 def test_loss_series_merges_identical_terms():
     per_step = pd.DataFrame({"loss": [1.0, 0.5], "loss_forget": [1.0, 0.5], "loss_lm": [0.1, 0.2]})
     assert list(loss_series(per_step)) == ["loss = loss_forget", "loss_lm"]

@@ -21,12 +21,12 @@ from transformer_lens import HookedTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from irunlearn import lm, models, qa
-from irunlearn.activations import extract_activations
+from irunlearn.activations import extract_activations, resid_hooks
 from irunlearn.entities import Entity, EntitySet
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.qa import greedy_generate
 from irunlearn.real import fixture
-from irunlearn.real.layer_probes import extract_at_hooks, layer_probe_aurocs, resid_hooks
+from irunlearn.real.layer_probes import extract_at_hooks, layer_probe_aurocs
 from irunlearn.real.people import (
     OPEN_PROMPTS,
     load_people,
@@ -204,7 +204,7 @@ def test_layer_probes_match_recognition_on_a_local_model(tiny_llama):
     known = [Entity(f"{c} Lyon") for c in "ABCDEFGHIJKLMNOPQRST"]
     unknown = [Entity(f"{c} Osaka") for c in "ABCDEFGHIJKLMNOPQRST"]
     templates = person_templates()
-    hooks = resid_hooks(model)
+    hooks = resid_hooks(model, embedding=True)
     assert hooks == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     together = extract_at_hooks(model, hooks, known[:3] + unknown[:3], templates, batch_size=5, progress=False)
     for hook in hooks:

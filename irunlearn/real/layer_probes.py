@@ -18,15 +18,10 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from irunlearn.activations import EntityBatch, entity_prompts, stop_layer
+from irunlearn.activations import EntityBatch, entity_prompts, resid_hooks, stop_layer
 from irunlearn.entities import Entity, EntitySet
 from irunlearn.probes import LinearProbe, auroc
 from irunlearn.prompts import Template
-
-
-def resid_hooks(model: HookedTransformer) -> list[str]:
-    """The embedding's output (`blocks.0.hook_resid_pre`) and every block's `hook_resid_post`, in order."""
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
 
 
 @torch.no_grad()
@@ -45,7 +40,9 @@ def extract_at_hooks(
     """
     missing = [hook for hook in hooks if hook not in model.hook_dict]
     if missing:
-        raise ValueError(f"Hooks {missing} do not exist in {model.cfg.model_name}; see resid_hooks(model).")
+        raise ValueError(
+            f"Hooks {missing} do not exist in {model.cfg.model_name}; see resid_hooks(model, embedding=True)."
+        )
     if not entities or not templates:
         raise ValueError(f"Need entities and templates; got {len(entities)} entities and {len(templates)} templates.")
     layers = [stop_layer(hook) for hook in hooks]
@@ -79,7 +76,7 @@ def layer_probe_aurocs(
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Held-out AUROC of a residual probe at each hook (default `resid_hooks(model)`), known vs unknown.
+    """Held-out AUROC of a residual probe at each hook (default: the embedding and every block), known vs unknown.
 
     Returns one row per hook: `layer` (-1 for the embedding), `hook`, `auroc`, `accuracy` (at the
     calibrated 0.5 threshold), `n_fit_rows`, `n_test_rows`.
@@ -88,7 +85,7 @@ def layer_probe_aurocs(
         raise ValueError(
             f"Need known and unknown entities; got {len(entities.known)} known and {len(entities.unknown)} unknown."
         )
-    hooks = list(hooks or resid_hooks(model))
+    hooks = list(hooks or resid_hooks(model, embedding=True))
     fit_set, rest = entities.split(0.6, seed)
     calib_set, test_set = rest.split(0.5, seed + 2)
 
