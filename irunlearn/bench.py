@@ -58,6 +58,8 @@ class EntityBench:
       checked per attribute; real models).
     - `gold_answers`: per entity and attribute, the reference value a lenient judge also accepts besides the
       entity's own fact (from records, whose facts are the model's own answers; empty otherwise).
+    - `shipped_recognizer`: a recognizer already fit on this bench (the world's, fit at build), which
+      `recognizer` returns for the weights and seed it was fit for instead of fitting again.
     """
 
     name: str
@@ -74,6 +76,7 @@ class EntityBench:
     attribute_values: dict[str, list[str]] = field(default_factory=dict)
     judge: str = "exact"
     gold_answers: dict[str, dict[str, str]] = field(default_factory=dict)
+    shipped_recognizer: Recognizer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         get_judge(self.judge)  # an unknown judge fails here, naming the registered ones
@@ -110,6 +113,7 @@ class EntityBench:
             references=unknown[:-N_STRANGERS],
             strangers=unknown[-N_STRANGERS:],
             attribute_values={attribute: list(values) for attribute, values in ATTRIBUTE_VALUES.items()},
+            shipped_recognizer=ew.recognizer,
         )
 
     @classmethod
@@ -283,6 +287,7 @@ class EntityBench:
             entities=EntitySet([*self.entities.known, *entities], list(self.entities.unknown)),
             train_templates=[*self.train_templates, *(t for t in train if t not in self.train_templates)],
             heldout_templates=[*self.heldout_templates, *(t for t in heldout if t not in self.heldout_templates)],
+            shipped_recognizer=None,  # fit on other entities
         )
 
     # What a run needs -----------------------------------------------------------------------------
@@ -308,7 +313,11 @@ class EntityBench:
         return targets
 
     def recognizer(self, model: HookedTransformer, sae: SAE, seed: int = 0, progress: bool = True) -> Recognizer:
-        """Fit recognition (separation scores, centroids, both probes) for `model` + `sae` on this bench."""
+        """Recognition (separation scores, centroids, both probes) for `model` + `sae` on this bench: the
+        shipped recognizer where it was fit for these weights and `seed`, else fit now."""
+        shipped = self.shipped_recognizer
+        if shipped is not None and shipped.fits(model, sae, seed=seed):
+            return shipped
         return fit_recognizer(
             model,
             sae,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,26 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer
 
-from irunlearn.io import CorruptArtifactError, atomic_dir, check_output_dir, recover
+from irunlearn.io import CorruptArtifactError, atomic_dir, check_output_dir, recover, tensor_sha256, weights_hash
 from irunlearn.methods.base import UnlearnResult
 
 EDIT_TENSORS, EDIT_META = "edit.safetensors", "edit.json"
-
-
-def weights_hash(model: HookedTransformer) -> str:
-    """sha256 over every parameter and buffer of `model`, in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """sha256 of a tensor's bytes (with its dtype and shape, so a reinterpretation does not match)."""
-    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def save_edit(result: UnlearnResult, base: HookedTransformer, out: str | Path, force: bool = False) -> Path:

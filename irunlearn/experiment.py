@@ -28,9 +28,8 @@ from transformer_lens import HookedTransformer
 
 from irunlearn import __version__
 from irunlearn.bench import EntityBench
-from irunlearn.edits import weights_hash
 from irunlearn.entities import EntitySet
-from irunlearn.io import atomic_dir
+from irunlearn.io import atomic_dir, weights_hash
 from irunlearn.methods import forget, get_method
 from irunlearn.methods.base import UnlearnResult
 from irunlearn.readings import EntityReadings, read_entities

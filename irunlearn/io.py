@@ -6,16 +6,20 @@ into place; replacing an existing folder moves the old one to a backup sibling f
 moment leaves either the old or the new folder at the path, or the backup that `recover` (run by the next
 write or load of that path) moves back. Temporary siblings of writers that are no longer running are
 removed by the next write. Everything is created with the user's umask (not `mkdtemp`'s 0700).
+`weights_hash` and `tensor_sha256` are the digests that tie saved artifacts to the weights they belong to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 FORCE_HINT = "pass --force (Python: force=True / overwrite=True) to replace it"
 
@@ -130,3 +134,19 @@ def _running(pid: str) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer of `model` (a model, an SAE), in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (with its dtype and shape, so a reinterpretation does not match)."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

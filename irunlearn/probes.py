@@ -22,7 +22,14 @@ def auroc(scores: Float[torch.Tensor, " n"], labels: Int[torch.Tensor, " n"]) ->
 @dataclass
 class LinearProbe:
     """`p = sigmoid(a · (w·(x − mean)/std + b) + c)`: logistic regression on standardised inputs,
-    then Platt scaling (`a`, `c`) fit on validation data so that 0.5 is a calibrated threshold."""
+    then Platt scaling (`a` ≥ 0, `c`) fit on validation data so that 0.5 is a calibrated threshold.
+
+    A feature non-zero in fewer than `min_support` fitting rows has `std = inf` (it enters as 0): standardising
+    a sparse SAE latent that fires in a handful of rows blows it up to √n, and the regression then
+    memorises each fitting entity by its rare latents, which says nothing about a new one. A calibration
+    set on which the probe ranks backwards gets `a = 0` (every reading the calibration base rate) rather
+    than an inverted probe: `signal` is then False.
+    """
 
     mean: Float[torch.Tensor, " d"]
     std: Float[torch.Tensor, " d"]
@@ -39,12 +46,16 @@ class LinearProbe:
         x_val: Float[torch.Tensor, "m d"] | None = None,
         y_val: Int[torch.Tensor, " m"] | None = None,
         l2: float = 1e-2,
+        min_support: int = 0,
     ) -> LinearProbe:
-        """Fit on (x, y); calibrate on (x_val, y_val) when given (else no recalibration)."""
+        """Fit on (x, y); calibrate on (x_val, y_val) when given (else no recalibration). Features non-zero
+        in fewer than `min_support` rows of `x` are left out."""
         if y.unique().numel() < 2:
             raise ValueError("A probe needs both known (1) and unknown (0) examples to fit.")
         x, target = x.detach().float(), y.float()
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        if min_support > 0:
+            std = std.masked_fill((x != 0).sum(0) < min_support, float("inf"))
         weight = torch.zeros(x.shape[1], device=x.device, requires_grad=True)
         bias = torch.zeros((), device=x.device, requires_grad=True)
         _lbfgs(
@@ -69,7 +80,15 @@ class LinearProbe:
             [scale, shift],
             lambda: torch.nn.functional.binary_cross_entropy_with_logits(scale * raw + shift, y.float()),
         )
+        if scale.item() <= 0:  # ranked backwards on held-out rows: no signal, read the base rate
+            rate = y.float().mean().clamp(1e-6, 1 - 1e-6)
+            scale, shift = torch.zeros_like(scale), torch.log(rate / (1 - rate))
         return LinearProbe(self.mean, self.std, self.weight, self.bias, scale.detach(), shift.detach())
+
+    @property
+    def signal(self) -> bool:
+        """False when calibration found the probe ranking backwards (its readings are the base rate)."""
+        return bool(self.scale > 0)
 
     def raw_logit(self, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, " n"]:
         return ((x - self.mean) / self.std) @ self.weight + self.bias

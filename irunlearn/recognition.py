@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +18,16 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import check_pairing, encode_latents, extract_activations, forward_to_hook
 from irunlearn.entities import Entity, EntitySet
-from irunlearn.io import atomic_dir
+from irunlearn.io import atomic_dir, weights_hash
 from irunlearn.probes import LinearProbe, auroc
 from irunlearn.prompts import Template
+
+# The SAE probe reads latents firing in at least this fraction of its fitting rows (see `fit_recognizer`).
+SAE_PROBE_MIN_SUPPORT = 0.02
+
+
+class NoProbeSignalWarning(UserWarning):
+    """A recognizer's probe found no known / unknown signal at its hook (its readings are the base rate)."""
 
 
 def separation_scores(
@@ -56,7 +65,8 @@ class Recognizer:
     """Known/unknown recognition at one hook: scores, centroids, an SAE probe and a residual probe.
 
     `metrics` holds the held-out evaluation (held-out entities × held-out templates). `p_known` asks it
-    about any name.
+    about any name. `fit_for` records what it was fit on (the model's and SAE's `weights_hash`, the seed and
+    settings), so a saved recognizer is reused only for the weights it belongs to (`fits`).
     """
 
     hook_name: str
@@ -69,6 +79,12 @@ class Recognizer:
     resid_probe: LinearProbe
     top_k: int = 20
     metrics: dict[str, float] = field(default_factory=dict)
+    fit_for: dict[str, str | int | float] = field(default_factory=dict)
+
+    def fits(self, model: HookedTransformer, sae: SAE, **settings: str | int | float) -> bool:
+        """Whether this recognizer was fit for exactly these weights (and these `settings`, e.g. `seed=0`)."""
+        wanted = {"model": weights_hash(model), "sae": weights_hash(sae), **settings}
+        return all(self.fit_for.get(key) == value for key, value in wanted.items())
 
     def top_latents(self, which: str = "known") -> pd.DataFrame:
         """The `top_k` latents by `s_known` (which="known") or `s_unknown`, generic latents left out."""
@@ -158,6 +174,7 @@ class Recognizer:
             "prepend_bos": self.prepend_bos,
             "top_k": self.top_k,
             "metrics": self.metrics,
+            "fit_for": self.fit_for,
             "templates": [vars(t) for t in self.templates],
         }
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
@@ -187,6 +204,7 @@ class Recognizer:
             resid_probe=probe("resid_probe."),
             top_k=meta["top_k"],
             metrics=meta["metrics"],
+            fit_for=meta.get("fit_for", {}),  # absent in recognizers saved before it existed
         )
 
 
@@ -201,12 +219,16 @@ def fit_recognizer(
     prepend_bos: bool | None = None,
     generic_texts: Sequence[str] = (),
     progress: bool = True,
+    min_latent_support: float = SAE_PROBE_MIN_SUPPORT,
 ) -> Recognizer:
     """Fit recognition for `model` + `sae` on known vs unknown `entities`.
 
     Entities are split 60/20/20 (seeded) into fit / calibration / test. Scores, centroids and probes
     are fit on fit-entities × `train_templates`; the 0.5 threshold is calibrated on calibration-entities
-    × `train_templates`; `metrics` report test-entities × `heldout_templates` (AUROC and accuracy).
+    × `train_templates`; `metrics` report test-entities × `heldout_templates` (AUROC and accuracy). The SAE
+    probe reads only latents that fire in at least `min_latent_support` of the fitting rows (rarer ones
+    identify single entities, not recognition; see `LinearProbe`). A probe that calibration finds without
+    signal warns (`NoProbeSignalWarning`) and reads every entity at the base rate.
     """
     if not entities.known or not entities.unknown:
         raise ValueError(
@@ -235,8 +257,18 @@ def fit_recognizer(
     test_acts, test_latents = rows(test_set, heldout_templates)
     labels = fit_acts.labels
     generic = _generic_latents(model, sae, hook_name, generic_texts, bos) if generic_texts else None
-    sae_probe = LinearProbe.fit(fit_latents, labels, calib_latents, calib_acts.labels)
+    min_support = math.ceil(min_latent_support * len(labels))
+    sae_probe = LinearProbe.fit(fit_latents, labels, calib_latents, calib_acts.labels, min_support=min_support)
     resid_probe = LinearProbe.fit(fit_acts.resid, labels, calib_acts.resid, calib_acts.labels)
+    for which, probe in (("SAE", sae_probe), ("residual", resid_probe)):
+        if not probe.signal:
+            warnings.warn(
+                f"The {which} probe at {hook_name} ranks the calibration entities backwards: it carries no "
+                "recognition signal there, and reads every entity at the base rate. Try another hook or SAE "
+                "(`irunlearn.real.layer_probes.layer_probe_aurocs` compares hooks).",
+                NoProbeSignalWarning,
+                stacklevel=2,
+            )
     recognizer = Recognizer(
         hook_name=hook_name,
         prepend_bos=bos,
@@ -260,6 +292,13 @@ def fit_recognizer(
         "top_unknown_score": float(top_unknown["s_unknown"].iloc[0]),
         "n_fit_rows": len(fit_acts.index),
         "n_test_rows": len(test_acts.index),
+    }
+    recognizer.fit_for = {
+        "model": weights_hash(model),
+        "sae": weights_hash(sae),
+        "seed": seed,
+        "top_k": top_k,
+        "min_latent_support": min_latent_support,
     }
     return recognizer
 

@@ -25,6 +25,8 @@ def test_small_world_builds_and_learns(tmp_path, capsys):
     print(f"--small world build: {elapsed:.0f} s, timings {report['timings']}")
     ew = load_world(out)  # what was built loads back, checksums and all
     assert len(ew.world.known) == stats["n_known"]
+    assert ew.recognizer.fits(ew.model, ew.sae, seed=0)  # fit at build, shipped with the world
+    assert report["recognizer_metrics"] == ew.recognizer.metrics
 
     # --sae-only retrains the SAE in place (here with seed 1) and keeps tokenizer, model and world data
     capsys.readouterr()  # drop this test's own print above
@@ -33,7 +35,9 @@ def test_small_world_builds_and_learns(tmp_path, capsys):
     rebuilt = json.loads(capsys.readouterr().out)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     changed = {str(name) for name in before if before[name] != after[name]}
-    assert "sae/sae_weights.safetensors" in changed and "build.json" in changed
+    assert {"sae/sae_weights.safetensors", "build.json", "recognizer/recognizer.safetensors"} <= changed
     assert not changed & {"model.safetensors", "world.json", "tokenizer/tokenizer.json"}, changed
     assert rebuilt["config"]["sae"]["seed"] == 1 and rebuilt["stats"]["sae_fvu"] < 0.5
-    assert load_world(out).sae.cfg.metadata.hook_name == ew.hook_name
+    reloaded = load_world(out)
+    assert reloaded.sae.cfg.metadata.hook_name == ew.hook_name
+    assert reloaded.recognizer.fits(reloaded.model, reloaded.sae, seed=0)  # refit for the new SAE

@@ -34,6 +34,48 @@ def test_auroc_and_calibrated_probe():
     assert ((p > 0.5).long() == y[300:]).float().mean() > 0.85
 
 
+def test_probe_leaves_out_rare_features_and_refuses_to_invert():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=gen)
+    y = (x[:, 0] > 0).long()
+    x[:, 2] = 0.0
+    x[0, 2] = 5.0  # fires once, on a known row: standardised it would be a √n-sized memoriser
+    probe = LinearProbe.fit(x, y, min_support=2)
+    assert probe.std[2] == float("inf") and probe.weight[2] == 0 and torch.isfinite(probe.logit(x)).all()
+    assert LinearProbe.fit(x, y).weight[2] != 0  # without the floor it enters
+    # calibration rows on which the probe ranks backwards: no signal, every reading the base rate
+    backwards = probe.calibrated(x[:100], 1 - y[:100])
+    assert not backwards.signal and probe.calibrated(x[:100], y[:100]).signal
+    assert torch.allclose(backwards.predict_proba(x), (1 - y[:100]).float().mean().expand(len(x)))
+
+
+def test_a_recognizer_without_signal_warns(ew):
+    from irunlearn.recognition import NoProbeSignalWarning
+
+    people = ew.world.known[:40]
+    shuffled = EntitySet(people[::2], people[1::2])  # "known" and "unknown" both known: nothing to tell apart
+    with pytest.warns(NoProbeSignalWarning):
+        for seed in range(4):  # on some split, calibration ranks one probe backwards
+            fit_recognizer(ew.model, ew.sae, shuffled, ew.world.templates[:2], ew.world.templates[2:4], seed=seed,
+                           progress=False)  # fmt: skip
+
+
+def test_the_world_ships_the_recognizer_a_fresh_fit_gives(ew, recognizer):
+    from irunlearn.bench import EntityBench
+    from irunlearn.world.build import refit_recognizer
+
+    assert recognizer is ew.recognizer  # recognize_world returns the shipped one for its own weights
+    fresh = refit_recognizer(ew, progress=False)
+    assert fresh is not ew.recognizer and fresh.fit_for == ew.recognizer.fit_for
+    for probe in ("sae_probe", "resid_probe"):
+        for key, value in getattr(fresh, probe).state_dict().items():
+            assert torch.allclose(value, getattr(ew.recognizer, probe).state_dict()[key], atol=1e-5), (probe, key)
+    assert fresh.metrics == pytest.approx(ew.recognizer.metrics, abs=1e-4)
+    bench = EntityBench.from_world(ew)
+    assert bench.recognizer(ew.model, ew.sae, progress=False) is ew.recognizer
+    assert not ew.recognizer.fits(ew.model, ew.sae, seed=1)  # another seed is fit anew
+
+
 def test_recognition_meets_acceptance(recognizer):
     metrics = recognizer.metrics
     assert metrics["top_known_score"] >= 0.4

@@ -410,7 +410,7 @@ def test_labels_follow_ferrando(tiny_model, tmp_path, monkeypatch):
 def test_label_cache_is_keyed_by_weights_and_sample(tiny_model, tmp_path, monkeypatch):
     import torch
 
-    from irunlearn.edits import weights_hash
+    from irunlearn.io import weights_hash
     from irunlearn.real import labelling
 
     calls = []

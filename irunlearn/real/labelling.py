@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 from transformer_lens import HookedTransformer
 
-from irunlearn.edits import weights_hash
 from irunlearn.entities import Entity, EntitySet
+from irunlearn.io import weights_hash
 from irunlearn.models import cache_root
 from irunlearn.qa import greedy_generate
 from irunlearn.real.wikidata import attributes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,12 +16,15 @@ from transformers import PreTrainedTokenizerFast
 from irunlearn.entities import Entity, EntitySet
 from irunlearn.io import CorruptArtifactError, atomic_dir, recover
 from irunlearn.prompts import Template
+from irunlearn.recognition import Recognizer
 from irunlearn.world.generator import World
 from irunlearn.world.tokenizer import load_tokenizer
 from irunlearn.world.train_model import ModelTrainConfig, make_model
 
 DEFAULT_ARTIFACTS = Path(__file__).parent / "artifacts"
 MANIFEST = "manifest.json"
+RECOGNIZER_DIR = "recognizer"
+ORACLE_DIR = "oracles"  # the world's oracles, one sealed folder per forget set
 MANIFEST_DIGEST = "manifest.sha256"  # sha256 of manifest.json's bytes: the manifest checks itself
 RESTORE_HINT = (
     "Restore it from git (`git checkout -- irunlearn/world/artifacts`) or rebuild with `irunlearn world build --force`."
@@ -31,7 +35,8 @@ __all__ = ["CorruptArtifactError", "EmbeddedWorld", "load_world", "save_world", 
 
 @dataclass
 class EmbeddedWorld:
-    """What `irunlearn.load_world()` returns: the trained model, its tokenizer and SAE, and the world."""
+    """What `irunlearn.load_world()` returns: the trained model, its tokenizer and SAE, the world, and the
+    recognizer fit at build (None for a world being built or one written before recognizers shipped)."""
 
     model: HookedTransformer
     tokenizer: PreTrainedTokenizerFast
@@ -39,6 +44,7 @@ class EmbeddedWorld:
     world: World
     build_info: dict
     path: Path
+    recognizer: Recognizer | None = None
 
     @property
     def hook_name(self) -> str:
@@ -80,18 +86,45 @@ def save_world(
     model_cfg: ModelTrainConfig,
     sae: SAE,
     build_info: dict,
+    recognizer: Recognizer,
     overwrite: bool = False,
+    keep_oracles: bool = False,
 ) -> None:
-    """Write all artifacts into `out` atomically, with a sha256 manifest that `load_world` checks."""
+    """Write all artifacts into `out` atomically, with a sha256 manifest that `load_world` checks.
+
+    With `keep_oracles`, the oracles already under `out` (each sealed by its own manifest, tied to the
+    world data and tokenizer) are carried into the new folder: for rewrites that keep both (a new SAE or
+    recognizer); a new world drops them."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        if keep_oracles and (Path(out) / ORACLE_DIR).is_dir():
+            shutil.copytree(Path(out) / ORACLE_DIR, tmp / ORACLE_DIR)
         (tmp / "tokenizer").mkdir()
         for file in tokenizer_dir.iterdir():
             (tmp / "tokenizer" / file.name).write_bytes(file.read_bytes())
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         (tmp / "model_config.json").write_text(json.dumps(asdict(model_cfg), indent=2))
         sae.save_model(tmp / "sae")
+        recognizer.save(tmp / RECOGNIZER_DIR)
         (tmp / "world.json").write_text(json.dumps(world_to_json(world)))
         (tmp / "build.json").write_text(json.dumps(build_info, indent=2))
+        write_manifest(tmp)
+
+
+def reseal_recognizer(path: Path, recognizer: Recognizer, info: dict, info_file: str = "build.json") -> None:
+    """Replace the recognizer and the build record (`info_file`) of the world or oracle folder at `path`,
+    atomically; every other file (model, SAE, world data, oracles) is carried over byte for byte, and the
+    manifest is rewritten."""
+    path = Path(path)
+    skipped = {MANIFEST, MANIFEST_DIGEST, RECOGNIZER_DIR, info_file}
+    with atomic_dir(path, overwrite=True) as tmp:
+        shutil.copytree(
+            path,
+            tmp,
+            dirs_exist_ok=True,
+            ignore=lambda folder, names: skipped & set(names) if Path(folder) == path else set(),
+        )
+        recognizer.save(tmp / RECOGNIZER_DIR)
+        (tmp / info_file).write_text(json.dumps(info, indent=2))
         write_manifest(tmp)
 
 
@@ -104,7 +137,7 @@ def write_manifest(path: Path) -> None:
 
 
 def load_world(path: str | Path | None = None, verify: bool = True) -> EmbeddedWorld:
-    """Load the embedded world (the shipped one by default): model, tokenizer, SAE, world data.
+    """Load the embedded world (the shipped one by default): model, tokenizer, SAE, world data, recognizer.
 
     With `verify`, every file is checked against the build's sha256 manifest first, so a truncated or
     edited artifact fails with `CorruptArtifactError` naming the file, not with a confusing shape error.
@@ -129,7 +162,8 @@ def load_world(path: str | Path | None = None, verify: bool = True) -> EmbeddedW
     sae.eval()
     world = world_from_json(json.loads((path / "world.json").read_text()))
     build_info = json.loads((path / "build.json").read_text())
-    return EmbeddedWorld(model, tokenizer, sae, world, build_info, path)
+    recognizer = Recognizer.load(path / RECOGNIZER_DIR) if (path / RECOGNIZER_DIR).is_dir() else None
+    return EmbeddedWorld(model, tokenizer, sae, world, build_info, path, recognizer)
 
 
 def verify_artifacts(path: Path) -> None:

@@ -28,9 +28,11 @@ from irunlearn.qa import greedy_matches
 from irunlearn.recognition import Recognizer
 from irunlearn.world.artifacts import (
     MANIFEST,
+    ORACLE_DIR,
     CorruptArtifactError,
     EmbeddedWorld,
     load_world,
+    reseal_recognizer,
     sha256_file,
     verify_artifacts,
     write_manifest,
@@ -41,7 +43,6 @@ from irunlearn.world.stats import qa_accuracy, sae_quality
 from irunlearn.world.train_model import ModelTrainConfig, make_model, train_model
 from irunlearn.world.train_sae import SAETrainConfig, train_sae
 
-ORACLE_DIR = "oracles"
 ORACLE_INFO = "oracle.json"
 
 
@@ -184,6 +185,20 @@ def load_oracle(
     sae = SAE.load_from_disk(str(path / "sae"), device="cpu")
     sae.eval()
     return Oracle(forget_set, model, sae, Recognizer.load(path / "recognizer"), forget, info, path)
+
+
+def reship_oracle_recognizer(forget_set: str, world: EmbeddedWorld | None = None, progress: bool = True) -> dict:
+    """Refit the recognizer of `forget_set`'s oracle (as its build fits it) and replace it in the oracle's
+    folder with `oracle.json`'s `recognizer_metrics`, atomically (model and SAE stay byte for byte); for a
+    change of the probe's definition. Returns the updated build record."""
+    ew = world if world is not None else load_world()
+    oracle = load_oracle(forget_set, ew)
+    names = [e.name for e in oracle.forget]
+    oracle_world = EmbeddedWorld(oracle.model, ew.tokenizer, oracle.sae, ew.world, {}, oracle.path)
+    recognizer, _ = recognize_world(oracle_world, progress=progress, exclude=names)
+    info = oracle.info | {"recognizer_metrics": recognizer.metrics}
+    reseal_recognizer(oracle.path, recognizer, info, ORACLE_INFO)
+    return info
 
 
 # What a shipped oracle must meet (the oracle issue's acceptance): it answers `unknown` about its forget set,
