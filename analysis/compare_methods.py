@@ -11,6 +11,7 @@ method's steps (a quick check; the shipped table uses each method's own budget).
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    start = time.perf_counter()
     ew = irunlearn.load_world()
     overrides = {} if args.max_steps is None else {"max_steps": args.max_steps}
     results = irunlearn.run(
@@ -63,7 +65,8 @@ def main() -> None:
     runs.to_csv(args.results / "compare_runs.csv", index=False)
     text = (
         f"# Method comparison (embedded world)\n\n{args.targets} random known people forgotten together per seed, "
-        f"seeds {args.seeds}; mean ± std over seeds. Produced by `python analysis/compare_methods.py`.\n\n"
+        f"seeds {args.seeds}; mean ± std over seeds. Produced by `python analysis/compare_methods.py` in "
+        f"{(time.perf_counter() - start) / 60:.0f} minutes of wall time.\n\n"
         + mean_std_table(table)
     )
     (args.results / "compare_methods.md").write_text(text)

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="sae_guided,grad_ascent")
     parser.add_argument("--targets", default="", help="comma-separated names (default: --n-targets drawn)")
     parser.add_argument("--n-targets", type=int, default=3)
-    parser.add_argument("--max-steps", type=int, default=40)
-    parser.add_argument("--layer-window", type=int, default=6)
+    parser.add_argument("--max-steps", type=int, default=None, help="default: SmolLM2's recipe (recipes.py)")
+    parser.add_argument("--layer-window", type=int, default=None, help="default: SmolLM2's recipe (recipes.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "real_smollm2")
     parser.add_argument("--quiet", action="store_true")
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     model, sae = fixture.load_smollm2(), load_sae(path=SMOLLM2_SAE)
     bench = EntityBench.from_records(args.kind, model, n=args.n, seed=args.seed, progress=progress)
     end = stop_layer(sae_hook_name(sae)) or model.cfg.n_layers  # the hook's block, included
+    overrides = {} if args.max_steps is None else {"max_steps": args.max_steps}
+    if args.layer_window is not None:
+        overrides["layers"] = tuple(range(max(0, end - args.layer_window), end))
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     results = irunlearn.run(
         bench,
@@ -64,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=(args.seed,),
         together=False,
         progress=progress,
-        max_steps=args.max_steps,
-        layers=tuple(range(max(0, end - args.layer_window), end)),
+        **overrides,
     )
     results.save(args.out, force=True)
     metrics = results.provenance["recognizer_metrics"]

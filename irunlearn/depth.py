@@ -40,14 +40,14 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import patched_logits, resid_hooks, sae_hook_name, stop_layer
 from irunlearn.entities import Entity, attribute_values
-from irunlearn.evaluation import Evaluator, fact_questions
+from irunlearn.evaluation import Evaluator
 from irunlearn.lm import encode_lines, lm_loss
 from irunlearn.methods.base import AnswerBatch
 from irunlearn.methods.sae_guided import shares_a_name_word
 from irunlearn.methods.sae_guided_deep import NamedFacts
 from irunlearn.metrics import MetricResult, register_metric
 from irunlearn.probes import auroc
-from irunlearn.prompts import Template
+from irunlearn.prompts import Template, fact_questions
 
 ATTACKS = ("half", "one_fact", "others", "mentions")  # (a), (b), (c), (d)
 ATTACK_STEPS = (10, 25, 50, 100, 200)

@@ -23,27 +23,9 @@ from irunlearn.judges import ExactJudge, Judge
 from irunlearn.lm import encode_lines, lm_loss, perplexity
 from irunlearn.metrics import Metric, MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
-from irunlearn.prompts import Template
+from irunlearn.prompts import Template, fact_questions
 from irunlearn.qa import answer_logprob, greedy_matches, greedy_token_ids
 from irunlearn.recognition import Recognizer
-
-
-def fact_questions(entities: Sequence[Entity], templates: Sequence[Template]) -> pd.DataFrame:
-    """(entity, attribute, prompt, answer) for each entity × question template of an attribute it has."""
-    return pd.DataFrame(
-        [
-            {
-                "entity": e.name,
-                "attribute": t.attribute,
-                "prompt": t.render(e.name),
-                "answer": e.attributes[t.attribute],
-            }
-            for e in entities
-            for t in templates
-            if t.kind == "question" and t.attribute in e.attributes
-        ],
-        columns=["entity", "attribute", "prompt", "answer"],
-    )
 
 
 def per_entity_accuracy(questions: pd.DataFrame, correct: torch.Tensor) -> pd.Series:

@@ -26,12 +26,12 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import patched_logits, resid_hooks
 from irunlearn.depth import question_facts
 from irunlearn.entities import Entity, attribute_values
-from irunlearn.evaluation import Evaluator, fact_questions
+from irunlearn.evaluation import Evaluator
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.methods.sae_guided_deep import NamedFacts
 from irunlearn.metrics import MetricResult, register_metric
 from irunlearn.probes import auroc
-from irunlearn.prompts import Template
+from irunlearn.prompts import Template, fact_questions
 from irunlearn.qa import answer_token_scores
 from irunlearn.recognition import Recognizer
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import pandas as pd
 from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from irunlearn.entities import Entity
 
 NAME_SLOT = "{name}"
 
@@ -93,3 +97,24 @@ def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if bos is None:
         raise ValueError("prepend_bos=True but the tokenizer has no bos_token; pass prepend_bos=False.")
     return bos
+
+
+def fact_questions(
+    entities: Sequence[Entity], templates: Sequence[Template], questions_only: bool = True
+) -> pd.DataFrame:
+    """(entity, attribute, prompt, answer) for each entity × template of an attribute it has: what the
+    evaluator asks (question templates only) and what a method trains on (`questions_only=False`)."""
+    return pd.DataFrame(
+        [
+            {
+                "entity": e.name,
+                "attribute": t.attribute,
+                "prompt": t.render(e.name),
+                "answer": e.attributes[t.attribute],
+            }
+            for e in entities
+            for t in templates
+            if (t.kind == "question" or not questions_only) and t.attribute in e.attributes
+        ],
+        columns=["entity", "attribute", "prompt", "answer"],
+    )

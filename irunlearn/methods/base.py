@@ -27,7 +27,7 @@ from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
 from irunlearn.lm import encode_lines, lm_loss, token_nll
 from irunlearn.methods.params import TrainableWeights
-from irunlearn.prompts import Template, bos_id
+from irunlearn.prompts import Template, bos_id, fact_questions
 from irunlearn.recognition import Recognizer
 
 if TYPE_CHECKING:
@@ -83,20 +83,7 @@ class ForgetTask:
 
     def facts(self, entities: list[Entity]) -> pd.DataFrame:
         """(entity, attribute, prompt, answer) for every template whose attribute the entity has."""
-        return pd.DataFrame(
-            [
-                {
-                    "entity": e.name,
-                    "attribute": t.attribute,
-                    "prompt": t.render(e.name),
-                    "answer": e.attributes[t.attribute],
-                }
-                for e in entities
-                for t in self.templates
-                if t.attribute in e.attributes
-            ],
-            columns=["entity", "attribute", "prompt", "answer"],
-        )
+        return fact_questions(entities, self.templates, questions_only=False)
 
     def answer_batch(self, model: HookedTransformer, entities: list[Entity]) -> AnswerBatch:
         """The fact lines of `entities`, batched with their answer tokens (and EOS with `answer_eos`) marked."""
