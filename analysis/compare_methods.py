@@ -66,8 +66,7 @@ def main() -> None:
     text = (
         f"# Method comparison (embedded world)\n\n{args.targets} random known people forgotten together per seed, "
         f"seeds {args.seeds}; mean ± std over seeds. Produced by `python analysis/compare_methods.py` in "
-        f"{(time.perf_counter() - start) / 60:.0f} minutes of wall time.\n\n"
-        + mean_std_table(table)
+        f"{(time.perf_counter() - start) / 60:.0f} minutes of wall time.\n\n" + mean_std_table(table)
     )
     (args.results / "compare_methods.md").write_text(text)
     print(text)

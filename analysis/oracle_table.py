@@ -1,12 +1,15 @@
 """Every method against the oracle: forget01 / forget05 / forget10 × (original, oracle, each method) × metrics.
 
-    python analysis/oracle_table.py [--forget-sets forget01,forget05,forget10] [--methods sae_guided,rmu] [--quiet]
+    python analysis/oracle_table.py [--forget-sets forget01,forget05,forget10] [--methods sae_guided,rmu]
+                                    [--groups oracle,depth] [--resume] [--quiet]
 
 For each standard forget set: the shipped oracle's acceptance figures; then the original model, the oracle
 and every method's edited model (default settings, seed 0), each scored by the one evaluator of that
-forget set with the existing battery (`evaluate(genuineness=True)`), every registered metric of groups
-"oracle" and "depth" (where that group exists), and the oracle's own recognizer's readings of the same
-names next to the model's. Writes analysis/results/oracle_table.md and oracle_table_runs.csv.
+forget set with the existing battery (`evaluate(genuineness=True)`), every registered metric of `--groups`
+(default "oracle"; "depth" adds the full relearning-attack protocol, hours on a CPU for every row), and
+the oracle's own recognizer's readings of the same names next to the model's. Writes
+analysis/results/oracle_table.md and oracle_table_runs.csv, the CSV row by row, so an interrupted run keeps
+what it finished (`--resume` skips the (forget set, model) rows already there).
 """
 
 from __future__ import annotations
@@ -63,33 +66,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forget-sets", default=",".join(FORGET_SET_SIZES))
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--groups", default="oracle", help="registered metric groups to add (oracle, depth)")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of oracle_table_runs.csv")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     progress = not args.quiet
     ew = load_world()
     oracles = {name: load_oracle(name, ew) for name in args.forget_sets.split(",")}  # all present before work
-    groups = ["oracle"] + (["depth"] if metrics_in("depth") else [])
+    groups = args.groups.split(",")
+    if unknown := [g for g in groups if not metrics_in(g)]:
+        raise SystemExit(f"No registered metrics in group(s) {unknown}; see irunlearn.metrics.metric_table().")
     recognizer, _ = recognize_world(ew, progress=progress)
-    runs, acceptance = [], []
+    csv = RESULTS / "oracle_table_runs.csv"
+    done = pd.read_csv(csv) if args.resume and csv.exists() else pd.DataFrame(columns=["forget_set", "model"])
+    runs, acceptance = done.to_dict("records"), []
+    finished = set(zip(done["forget_set"], done["model"], strict=True))
     for name, oracle in oracles.items():
         acceptance.append({"forget_set": name, **oracle_acceptance(ew, oracle), **oracle.info["timings"]})
         task = world_task(ew, oracle.forget, recognizer)
         evaluator = world_evaluator(ew, task, seed=SEED)
         evaluator.oracle = oracle.model
-        models = {"original": (ew.model, 0.0), "oracle": (oracle.model, oracle.info["timings"]["total_s"])}
-        for method in args.methods.split(","):
+        for label in ["original", "oracle", *args.methods.split(",")]:
+            if (name, label) in finished:
+                continue
             start = time.perf_counter()
-            result = forget(ew.model, ew.sae, task, method=method, seed=SEED, progress=progress)
-            models[method] = (result.model, time.perf_counter() - start)
-        for label, (model, seconds) in models.items():
-            runs.append(
-                {"forget_set": name, "model": label, **score(evaluator, model, oracle, groups), "seconds": seconds}
-            )
+            if label == "original":
+                model, seconds = ew.model, 0.0
+            elif label == "oracle":
+                model, seconds = oracle.model, oracle.info["timings"]["total_s"]
+            else:
+                model = forget(ew.model, ew.sae, task, method=label, seed=SEED, progress=progress).model
+                seconds = time.perf_counter() - start
+            row = {"forget_set": name, "model": label, **score(evaluator, model, oracle, groups), "seconds": seconds}
+            runs.append(row | {"scoring_seconds": time.perf_counter() - start - (seconds if label != "oracle" else 0)})
             print(f"{name} {label}: " + ", ".join(f"{k}={runs[-1].get(k, float('nan')):.3g}" for k in SHOWN))
+            RESULTS.mkdir(exist_ok=True)
+            pd.DataFrame(runs).to_csv(csv, index=False)
     runs = pd.DataFrame(runs)
-    RESULTS.mkdir(exist_ok=True)
-    runs.to_csv(RESULTS / "oracle_table_runs.csv", index=False)
     shown = [c for c in SHOWN if c in runs.columns] + [
         c for m in metrics_in("depth") for c in m.columns if c in runs.columns
     ]

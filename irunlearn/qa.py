@@ -156,7 +156,10 @@ def greedy_token_ids(
     as the teacher-forced checks encode them (no special tokens, plus BOS when `prepend_bos`, which defaults
     to the model's `cfg.default_prepend_bos`), sorted by length, left-padded into batches, so every row's last
     real token is at the end; TransformerLens's `generate` masks the padding, reuses its key-value cache and
-    stops a row at its first stop token. The continuations equal one-prompt-at-a-time greedy decoding. Only
+    stops a row at its first stop token. The continuations equal one-prompt-at-a-time greedy decoding. A
+    model carrying hooks of its own (an inference-time edit such as `sae_steer`, whose hooks read the token
+    sequence at the embedding, which `generate` embeds once) is decoded one prompt at a time by full forward
+    passes on the whole sequence, as its hooks expect. Only
     the last position is unembedded (a hook on `ln_final` keeps that position alone): `generate` reads
     nothing else, and unembedding every prompt position costs more than the rest of the model where the
     vocabulary is large (Gemma: 262,144 words).
@@ -165,6 +168,8 @@ def greedy_token_ids(
     if prepend_bos is None:
         prepend_bos = model.cfg.default_prepend_bos
     stops = list(stop_token_ids(tokenizer) if stop_ids is None else stop_ids)
+    if _has_own_hooks(model):
+        return [_argmax_loop(model, _encode(model, p, prepend_bos), max_new_tokens, stops) for p in prompts]
     encoded = [_encode(model, prompt, prepend_bos) for prompt in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     continuations: list[list[int]] = [[] for _ in prompts]
@@ -211,6 +216,23 @@ def greedy_generate(
     )
     decode = model.tokenizer.decode
     return [decode(ids, skip_special_tokens=True).split("\n")[0].strip() for ids in continuations]
+
+
+def _has_own_hooks(model: HookedTransformer) -> bool:
+    """Whether `model` carries hooks (on its hook points or a module) that a key-value cache would bypass."""
+    return any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
+
+
+def _argmax_loop(model: HookedTransformer, prompt: list[int], max_new_tokens: int, stops: list[int]) -> list[int]:
+    """Greedy decoding by a full forward pass per new token (for models whose own hooks read every token)."""
+    tokens = torch.tensor([prompt], device=model.cfg.device)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        new.append(int(model(tokens, return_type="logits")[0, -1].argmax()))
+        if new[-1] in stops:
+            break
+        tokens = torch.cat([tokens, torch.tensor([[new[-1]]], device=tokens.device)], dim=1)
+    return _cut_at_stop(new, stops, model.tokenizer.eos_token_id)
 
 
 def _cut_at_stop(new_ids: list[int], stops: Sequence[int], eos: int | None) -> list[int]:

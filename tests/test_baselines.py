@@ -65,6 +65,24 @@ def test_sae_steer_is_inference_only(ew, setting):
     assert all((p == base[n]).all() for n, p in result.model.named_parameters())  # no weight changed
 
 
+def test_sae_steer_generates_with_its_hooks_on_every_token(ew, setting):
+    """`generate` embeds the prompt once, so a hooked model is decoded by full forward passes: the steered
+    continuation is what a step-by-step argmax over the whole sequence gives (and differs from the original's)."""
+    from irunlearn.qa import greedy_token_ids
+
+    task, _, _ = setting
+    steered = forget(ew.model, ew.sae, task, method="sae_steer", progress=False).model
+    prompt = f"Fact: {task.targets[0].name}"
+    tokens = steered.to_tokens(prompt)
+    for _ in range(6):
+        tokens = torch.cat([tokens, steered(tokens)[:, -1:].argmax(-1)], dim=1)
+    expected = tokens[0, -6:].tolist()
+    eos = ew.tokenizer.eos_token_id
+    got = greedy_token_ids(steered, [prompt], max_new_tokens=6, stop_ids=[eos], progress=False)[0]
+    assert got == expected[: expected.index(eos)] if eos in expected else got == expected
+    assert got != greedy_token_ids(ew.model, [prompt], max_new_tokens=6, stop_ids=[eos], progress=False)[0]
+
+
 def test_lora_and_attention_windows_edit_only_what_they_name(ew, setting):
     task, _, _ = setting
     result = forget(ew.model, ew.sae, task, max_steps=3, layers=(1,), train_attn=True, lora_rank=4, progress=False)
