@@ -6,7 +6,8 @@
 For each standard forget set: the shipped oracle's acceptance figures; then the original model, the oracle
 and every method's edited model (default settings, seed 0), each scored by the one evaluator of that
 forget set with the existing battery (`evaluate(genuineness=True)`), every registered metric of `--groups`
-(default "oracle"; "depth" adds the full relearning-attack protocol, hours on a CPU for every row), and
+(default "oracle"; "depth" adds the full relearning-attack protocol, hours on a CPU for every row) and the
+single metrics of `--metrics` (e.g. `key_restoration,forced_choice`), and
 the oracle's own recognizer's readings of the same names next to the model's. Writes
 analysis/results/oracle_table.md and oracle_table_runs.csv, the CSV row by row, so an interrupted run keeps
 what it finished (`--resume` skips the (forget set, model) rows already there).
@@ -24,7 +25,7 @@ from tables import markdown
 
 from irunlearn import load_world
 from irunlearn.methods import METHODS, forget
-from irunlearn.metrics import metrics_in
+from irunlearn.metrics import get_metric, metrics_in
 from irunlearn.oracle_metrics import oracle_probe_readings
 from irunlearn.world.generator import FORGET_SET_SIZES
 from irunlearn.world.oracle import load_oracle, oracle_acceptance
@@ -51,11 +52,10 @@ SHOWN = [
 ]
 
 
-def score(evaluator, model, oracle, groups: list[str]) -> dict:
-    """The existing battery, every metric of `groups`, and the probe readings next to the oracle's."""
+def score(evaluator, model, oracle, names: list[str]) -> dict:
+    """The existing battery, the registered metrics `names`, and the probe readings next to the oracle's."""
     summary, _ = evaluator.evaluate(model, genuineness=True)
-    for group in groups:
-        summary |= evaluator.metrics(model, [m.name for m in metrics_in(group)])
+    summary |= evaluator.metrics(model, names)
     readings = oracle_probe_readings(evaluator, model, oracle.model, oracle.sae, oracle.recognizer)
     summary["oracle_p_known_sae"] = float(readings["oracle_p_known_sae"].mean())
     summary["oracle_p_known_resid"] = float(readings["oracle_p_known_resid"].mean())
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--forget-sets", default=",".join(FORGET_SET_SIZES))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--groups", default="oracle", help="registered metric groups to add (oracle, depth)")
+    parser.add_argument("--metrics", default="", help="single registered metrics to add (e.g. key_restoration)")
     parser.add_argument("--resume", action="store_true", help="keep the rows of oracle_table_runs.csv")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -74,9 +75,12 @@ def main() -> None:
     progress = not args.quiet
     ew = load_world()
     oracles = {name: load_oracle(name, ew) for name in args.forget_sets.split(",")}  # all present before work
-    groups = args.groups.split(",")
+    groups = [g for g in args.groups.split(",") if g]
     if unknown := [g for g in groups if not metrics_in(g)]:
         raise SystemExit(f"No registered metrics in group(s) {unknown}; see irunlearn.metrics.metric_table().")
+    names = [m.name for g in groups for m in metrics_in(g)] + [n for n in args.metrics.split(",") if n]
+    for name in names:
+        get_metric(name)  # an unknown name fails here, naming the registered ones
     recognizer, _ = recognize_world(ew, progress=progress)
     csv = RESULTS / "oracle_table_runs.csv"
     done = pd.read_csv(csv) if args.resume and csv.exists() else pd.DataFrame(columns=["forget_set", "model"])
@@ -98,7 +102,7 @@ def main() -> None:
             else:
                 model = forget(ew.model, ew.sae, task, method=label, seed=SEED, progress=progress).model
                 seconds = time.perf_counter() - start
-            row = {"forget_set": name, "model": label, **score(evaluator, model, oracle, groups), "seconds": seconds}
+            row = {"forget_set": name, "model": label, **score(evaluator, model, oracle, names), "seconds": seconds}
             runs.append(row | {"scoring_seconds": time.perf_counter() - start - (seconds if label != "oracle" else 0)})
             print(f"{name} {label}: " + ", ".join(f"{k}={runs[-1].get(k, float('nan')):.3g}" for k in SHOWN))
             RESULTS.mkdir(exist_ok=True)

@@ -296,6 +296,31 @@ def test_a_run_that_ends_with_a_probe_still_known_is_not_converged_and_warns(ew,
 def test_done_requires_both_probes_on_the_returned_weights(result):
     assert result.converged and result.still_known.empty
     assert (result.final_probes[["p_known_sae", "p_known_resid"]] < 0.5).all().all()
+    assert result.still_answered.empty and (result.final_answers["answered"] <= 0.05).all()
+
+
+def test_a_flipped_probe_with_the_answers_intact_is_not_forgotten(ew, task):
+    """A method whose own check passes at once (it changes nothing), with probes fooled (shifted to read
+    every name as unknown): the answers remain, so the run ends "still_answered", not converged, and warns.
+    (`forget` refuses targets its recognizer already reads as unknown; `run` is the loop beneath it.)"""
+    from irunlearn.methods.base import ForgetConfig, Method
+
+    class Idle(Method):
+        name = "idle"
+
+        def step(self, model):
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            return StepOutput(zero, {}, pd.DataFrame({"target": [t.name for t in self.task.targets]}), done=True)
+
+    fooled = copy.copy(task.recognizer)
+    for probe in ("sae_probe", "resid_probe"):
+        setattr(fooled, probe, dataclasses.replace(getattr(fooled, probe), shift=torch.tensor(-1e3)))
+    method = Idle(dataclasses.replace(task, recognizer=fooled), ew.sae, ForgetConfig(extra_steps=0, progress=False))
+    with pytest.warns(StillKnownWarning, match="still answered"):
+        result = run(method, ew.model)
+    assert result.stop_reason == "still_answered" and not result.converged
+    assert result.still_known.empty and list(result.still_answered["target"]) == [t.name for t in task.targets]
+    assert (result.still_answered["answered"] >= 0.9).all()
 
 
 def test_forget_uses_the_models_recipe_and_the_world_keeps_the_method_defaults(ew, task, monkeypatch):

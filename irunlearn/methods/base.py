@@ -28,6 +28,7 @@ from irunlearn.entities import Entity
 from irunlearn.lm import encode_lines, lm_loss, token_nll
 from irunlearn.methods.params import TrainableWeights
 from irunlearn.prompts import Template, bos_id, fact_questions
+from irunlearn.qa import greedy_matches
 from irunlearn.recognition import Recognizer
 
 if TYPE_CHECKING:
@@ -179,6 +180,9 @@ class StepOutput:
 
 
 DONE_REASONS = ("flipped", "suppressed")
+# "Forgotten" also means the target's training questions go unanswered: at most this fraction of them judged
+# right on the returned weights (the suppression baselines' own default stop level).
+MAX_ANSWERED = 0.05
 
 
 @dataclass
@@ -190,6 +194,10 @@ class UnlearnResult:
     known (`still_known`), and then the run is not converged whatever the method's own check said: such a
     run's `stop_reason` is "still_known" (the method's check passed, a probe did not) or the reason it was
     cut short ("max_steps", "collapsed", ...), and a `StillKnownWarning` names the numbers.
+    `final_answers`: per target, the fraction of its training questions still answered right on the
+    returned weights (by the task's `answer_judge`, else the exact answer); above `MAX_ANSWERED` the target
+    is `still_answered`, the run is not converged either (`stop_reason` "still_answered" where the method's
+    own check passed) and warns the same way.
     """
 
     method: str
@@ -203,6 +211,14 @@ class UnlearnResult:
     persistent: bool = True  # False for inference-time methods (hooks attached, no weight edit)
     info: dict = field(default_factory=dict)
     final_probes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    final_answers: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def still_answered(self) -> pd.DataFrame:
+        """(target, answered) for every target whose training questions are still answered above `MAX_ANSWERED`."""
+        if self.final_answers.empty:
+            return pd.DataFrame(columns=["target", "answered"])
+        return self.final_answers[self.final_answers["answered"] > MAX_ANSWERED].reset_index(drop=True)
 
     @property
     def still_known(self) -> pd.DataFrame:
@@ -211,9 +227,9 @@ class UnlearnResult:
 
     @property
     def converged(self) -> bool:
-        """The method's goal was reached, the collapse guard passed the returned weights and both probes
-        read every target as unknown (p_known < 0.5)."""
-        return self.stop_reason in DONE_REASONS and self.still_known.empty
+        """The method's goal was reached, the collapse guard passed the returned weights, both probes read
+        every target as unknown (p_known < 0.5) and no target's questions are still answered."""
+        return self.stop_reason in DONE_REASONS and self.still_known.empty and self.still_answered.empty
 
     def config_json(self) -> str:
         return json.dumps({"method": self.method, **asdict(self.config)}, default=str)
@@ -252,13 +268,13 @@ def run(method: Method, model: HookedTransformer) -> UnlearnResult:
     _seed_everything(config.seed)
     edited = model if config.in_place else copy.deepcopy(model)
     start = time.perf_counter()
-    final_probes = pd.DataFrame()
+    final_probes = final_answers = pd.DataFrame()
     if method.inference_only:
         method.attach(edited)
         history, stop_reason, steps, untimed = pd.DataFrame(), "hooks_attached", 0, 0.0
     else:
         history, stop_reason, steps, untimed = _optimise(method, edited, hook_name)
-        final_probes, stop_reason = _forgotten_check(method, edited, stop_reason, steps)
+        final_probes, final_answers, stop_reason = _forgotten_check(method, edited, stop_reason, steps)
     return UnlearnResult(
         method=method.name,
         model=edited,
@@ -270,6 +286,7 @@ def run(method: Method, model: HookedTransformer) -> UnlearnResult:
         seconds=time.perf_counter() - start - untimed,
         persistent=not method.inference_only,
         final_probes=final_probes,
+        final_answers=final_answers,
     )
 
 
@@ -287,30 +304,46 @@ def still_known(probes: pd.DataFrame) -> pd.DataFrame:
 
 def _forgotten_check(
     method: Method, model: HookedTransformer, stop_reason: str, steps: int
-) -> tuple[pd.DataFrame, str]:
-    """Both probes on the returned weights; "done" only if neither reads a target as known.
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Both probes and the answers on the returned weights; "done" only if neither probe reads a target as
+    known and no target's training questions are answered above `MAX_ANSWERED`.
 
     A method's own stop check can pass while a probe still reads the target as known (a suppression
-    baseline's answers gone, the residual untouched; or a stop check that reads one probe). Then the run
-    did not forget by this project's definition: its stop reason becomes "still_known" and, as for any
-    run that ends with a target still known, a `StillKnownWarning` names the numbers.
+    baseline's answers gone, the residual untouched) or while the answers remain (a probe flipped, the facts
+    still stated: `sae_guided` on a model whose SAE carries little of what the answers read). Then the run
+    did not forget by this project's definition: its stop reason becomes "still_known" or "still_answered"
+    and, as for any run that ends so, a `StillKnownWarning` names the numbers.
     """
     task = method.task
     probes = task.recognizer.p_known(model, method.sae, [e.name for e in task.targets], task.templates)
     probes = probes[["entity", "p_known_sae", "p_known_resid"]].rename(columns={"entity": "target"})
-    known = still_known(probes)
-    if known.empty:
-        return probes, stop_reason
+    facts = fact_questions(task.targets, task.templates)
+    if task.answer_judge is not None:
+        right = task.answer_judge.correct(model, facts, task.prepend_bos)
+    else:
+        right = greedy_matches(
+            model, list(facts["prompt"]), list(facts["answer"]), task.prepend_bos, answer_eos=task.answer_eos
+        )
+    answers = (
+        pd.DataFrame({"target": facts["entity"], "answered": right.float().cpu().numpy()})
+        .groupby("target", sort=False)["answered"]
+        .mean()
+        .reset_index()
+    )
+    known, answered = still_known(probes), answers[answers["answered"] > MAX_ANSWERED]
+    if known.empty and answered.empty:
+        return probes, answers, stop_reason
     if stop_reason in DONE_REASONS:
-        stop_reason = "still_known"
-    listed = "; ".join(f"{r.target!r}: {r.probe} probe p_known={r.p_known:.2f}" for r in known.itertuples())
+        stop_reason = "still_known" if len(known) else "still_answered"
+    listed = [f"{r.target!r}: {r.probe} probe p_known={r.p_known:.2f}" for r in known.itertuples()]
+    listed += [f"{r.target!r}: {r.answered:.0%} of its questions still answered" for r in answered.itertuples()]
     warnings.warn(
-        f"{method.name}: after {steps} update(s) (stop_reason={stop_reason!r}) a probe still reads a target as "
-        f"known ({listed}; threshold 0.5): not converged, the target is not forgotten.",
+        f"{method.name}: after {steps} update(s) (stop_reason={stop_reason!r}) a target is not forgotten "
+        f"({'; '.join(listed)}; thresholds: p_known 0.5, answered {MAX_ANSWERED:g}): not converged.",
         StillKnownWarning,
         stacklevel=4,  # the caller of forget()
     )
-    return probes, stop_reason
+    return probes, answers, stop_reason
 
 
 def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple[pd.DataFrame, str, int, float]:
@@ -415,7 +448,8 @@ class RollbackWarning(UserWarning):
 
 
 class StillKnownWarning(UserWarning):
-    """An unlearning run ended with a probe (SAE or residual) still reading a target as known (p ≥ 0.5)."""
+    """An unlearning run ended with a target not forgotten: a probe (SAE or residual) still reads it as known
+    (p ≥ 0.5), or its questions are still answered (above `MAX_ANSWERED`)."""
 
 
 @dataclass

@@ -54,7 +54,7 @@ class Recipe:
 WORLD = Recipe(source="the methods' own defaults (tuned on the embedded world)")
 
 # Sized for a ~135M–270M model on a 2-core CPU: small retain batches, a bounded step budget.
-# grad_ascent's rate is analysis/sweep_real_smollm2.py's choice on a validation city (the gentlest that
+# grad_ascent's rate was chosen by a sweep on a validation city (the gentlest that
 # reaches forget_acc ≤ 0.05); the window of 6 blocks ending at the hook is the SmolLM2 pipeline's.
 _SMALL_REAL_MODEL = {
     "sae_guided": {"max_steps": 40, "n_retain_entities": 8, "retain_templates_per_entity": 1, "n_retain_text": 4},
@@ -77,7 +77,12 @@ _GEMMA3_270M = {
 
 RECIPES: dict[str, Recipe] = {
     "SmolLM2-135M-Instruct-hf": Recipe(
-        layer_window=6, methods=_SMALL_REAL_MODEL, source="analysis/real_smollm2.py, analysis/sweep_real_smollm2.py"
+        layer_window=6,
+        methods=_SMALL_REAL_MODEL,
+        source=(
+            "analysis/real_smollm2.py; grad_ascent's lr: a validation-city sweep "
+            "(analysis/results/sweep_real_smollm2.md; its script is gone with the second real-model stack)"
+        ),
     ),
     "gemma-3-270m-hf": Recipe(
         layer_window=7,
