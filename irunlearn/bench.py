@@ -28,7 +28,7 @@ from irunlearn.evaluation import Evaluator
 from irunlearn.judges import get_judge
 from irunlearn.methods.base import ForgetTask
 from irunlearn.prompts import NAME_SLOT, Template
-from irunlearn.recognition import Recognizer, fit_recognizer
+from irunlearn.recognition import Recognizer, entities_digest, fit_recognizer
 from irunlearn.world.generator import ATTRIBUTE_VALUES
 
 FRAME_COLUMNS = ("entity", "question", "answer")
@@ -316,7 +316,7 @@ class EntityBench:
         """Recognition (separation scores, centroids, both probes) for `model` + `sae` on this bench: the
         shipped recognizer where it was fit for these weights and `seed`, else fit now."""
         shipped = self.shipped_recognizer
-        if shipped is not None and shipped.fits(model, sae, seed=seed):
+        if shipped is not None and shipped.fits(model, sae, seed=seed, entities=entities_digest(self.entities)):
             return shipped
         return fit_recognizer(
             model,

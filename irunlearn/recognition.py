@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -65,8 +66,8 @@ class Recognizer:
     """Known/unknown recognition at one hook: scores, centroids, an SAE probe and a residual probe.
 
     `metrics` holds the held-out evaluation (held-out entities × held-out templates). `p_known` asks it
-    about any name. `fit_for` records what it was fit on (the model's and SAE's `weights_hash`, the seed and
-    settings), so a saved recognizer is reused only for the weights it belongs to (`fits`).
+    about any name. `fit_for` records what it was fit on (the model's and SAE's `weights_hash`, the seed,
+    settings and `entities_digest`), so a saved recognizer is reused only for what it belongs to (`fits`).
     """
 
     hook_name: str
@@ -299,8 +300,15 @@ def fit_recognizer(
         "seed": seed,
         "top_k": top_k,
         "min_latent_support": min_latent_support,
+        "entities": entities_digest(entities),
     }
     return recognizer
+
+
+def entities_digest(entities: EntitySet) -> str:
+    """sha256 of the known and unknown names, in order: which populations a recognizer was fit on."""
+    names = json.dumps([[e.name for e in entities.known], [e.name for e in entities.unknown]])
+    return hashlib.sha256(names.encode()).hexdigest()
 
 
 @torch.no_grad()

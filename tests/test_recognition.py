@@ -74,6 +74,11 @@ def test_the_world_ships_the_recognizer_a_fresh_fit_gives(ew, recognizer):
     bench = EntityBench.from_world(ew)
     assert bench.recognizer(ew.model, ew.sae, progress=False) is ew.recognizer
     assert not ew.recognizer.fits(ew.model, ew.sae, seed=1)  # another seed is fit anew
+    from irunlearn.recognition import entities_digest
+
+    fewer = EntitySet(ew.world.known[:100], ew.world.unknown_eval)  # other populations: fit anew
+    assert ew.recognizer.fits(ew.model, ew.sae, entities=entities_digest(bench.entities))
+    assert not ew.recognizer.fits(ew.model, ew.sae, entities=entities_digest(fewer))
 
 
 def test_recognition_meets_acceptance(recognizer):

@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 from irunlearn.activations import extraction_throughput
 from irunlearn.entities import EntitySet
-from irunlearn.recognition import Recognizer, fit_recognizer
+from irunlearn.recognition import Recognizer, entities_digest, fit_recognizer
 from irunlearn.world.artifacts import EmbeddedWorld
 
 
@@ -32,7 +32,8 @@ def recognize_world(
     train, heldout = world.question_templates("train"), world.question_templates("heldout")
     entities = EntitySet([e for e in world.known if e.name not in set(exclude)], world.unknown_eval)
     shipped = ew.recognizer
-    if shipped is not None and not exclude and shipped.fits(ew.model, ew.sae, seed=seed, top_k=top_k):
+    fitted_for = {"seed": seed, "top_k": top_k, "entities": entities_digest(entities)}
+    if shipped is not None and shipped.fits(ew.model, ew.sae, **fitted_for):
         recognizer = shipped
     else:
         recognizer = fit_recognizer(
