@@ -28,7 +28,7 @@ from irunlearn.evaluation import Evaluator
 from irunlearn.judges import get_judge
 from irunlearn.methods.base import ForgetTask
 from irunlearn.prompts import NAME_SLOT, Template
-from irunlearn.recognition import Recognizer, entities_digest, fit_recognizer
+from irunlearn.recognition import Recognizer, fit_recognizer
 from irunlearn.world.generator import ATTRIBUTE_VALUES
 
 FRAME_COLUMNS = ("entity", "question", "answer")
@@ -314,10 +314,7 @@ class EntityBench:
 
     def recognizer(self, model: HookedTransformer, sae: SAE, seed: int = 0, progress: bool = True) -> Recognizer:
         """Recognition (separation scores, centroids, both probes) for `model` + `sae` on this bench: the
-        shipped recognizer where it was fit for these weights and `seed`, else fit now."""
-        shipped = self.shipped_recognizer
-        if shipped is not None and shipped.fits(model, sae, seed=seed, entities=entities_digest(self.entities)):
-            return shipped
+        shipped recognizer where it was fit for exactly this (`fit_recognizer(reuse=...)`), else fit now."""
         return fit_recognizer(
             model,
             sae,
@@ -328,6 +325,7 @@ class EntityBench:
             prepend_bos=model.cfg.default_prepend_bos,
             generic_texts=self.retain_text,
             progress=progress,
+            reuse=self.shipped_recognizer,
         )
 
     def task(self, model: HookedTransformer, targets: Sequence[Entity], recognizer: Recognizer) -> ForgetTask:

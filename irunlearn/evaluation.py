@@ -23,14 +23,9 @@ from irunlearn.judges import ExactJudge, Judge
 from irunlearn.lm import encode_lines, lm_loss, perplexity
 from irunlearn.metrics import Metric, MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
-from irunlearn.prompts import Template, fact_questions
+from irunlearn.prompts import Template, fact_questions, per_entity_accuracy
 from irunlearn.qa import answer_logprob, greedy_matches, greedy_token_ids
 from irunlearn.recognition import Recognizer
-
-
-def per_entity_accuracy(questions: pd.DataFrame, correct: torch.Tensor) -> pd.Series:
-    """Per-entity fraction of `questions` judged `correct`, in the entities' order of appearance."""
-    return pd.Series(correct.float().cpu().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()
 
 
 @dataclass

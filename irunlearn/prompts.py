@@ -1,4 +1,5 @@
-"""Prompt templates and locating an entity's last token in a tokenized prompt."""
+"""Prompt templates, locating an entity's last token in a tokenized prompt, and the (entity, question,
+answer) tables rendered from them with their per-entity accuracy."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
+import torch
 from transformers import PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
@@ -118,3 +120,8 @@ def fact_questions(
         ],
         columns=["entity", "attribute", "prompt", "answer"],
     )
+
+
+def per_entity_accuracy(questions: pd.DataFrame, correct: torch.Tensor) -> pd.Series:
+    """Per-entity fraction of `questions` judged `correct`, in the entities' order of appearance."""
+    return pd.Series(correct.float().cpu().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()

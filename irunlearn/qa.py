@@ -159,10 +159,9 @@ def greedy_token_ids(
     stops a row at its first stop token. The continuations equal one-prompt-at-a-time greedy decoding. A
     model carrying hooks of its own (an inference-time edit such as `sae_steer`, whose hooks read the token
     sequence at the embedding, which `generate` embeds once) is decoded one prompt at a time by full forward
-    passes on the whole sequence, as its hooks expect. Only
-    the last position is unembedded (a hook on `ln_final` keeps that position alone): `generate` reads
-    nothing else, and unembedding every prompt position costs more than the rest of the model where the
-    vocabulary is large (Gemma: 262,144 words).
+    passes on the whole sequence, as its hooks expect. Only the last position is unembedded (a hook on
+    `ln_final` keeps that position alone): `generate` reads nothing else, and unembedding every prompt
+    position costs more than the rest of the model where the vocabulary is large (Gemma: 262,144 words).
     """
     tokenizer = model.tokenizer
     if prepend_bos is None:

@@ -67,7 +67,7 @@ class Recognizer:
 
     `metrics` holds the held-out evaluation (held-out entities × held-out templates). `p_known` asks it
     about any name. `fit_for` records what it was fit on (the model's and SAE's `weights_hash`, the seed,
-    settings and `entities_digest`), so a saved recognizer is reused only for what it belongs to (`fits`).
+    settings and `inputs_digest`), so a saved recognizer is reused only for what it belongs to (`fits`).
     """
 
     hook_name: str
@@ -221,6 +221,7 @@ def fit_recognizer(
     generic_texts: Sequence[str] = (),
     progress: bool = True,
     min_latent_support: float = SAE_PROBE_MIN_SUPPORT,
+    reuse: Recognizer | None = None,
 ) -> Recognizer:
     """Fit recognition for `model` + `sae` on known vs unknown `entities`.
 
@@ -229,7 +230,9 @@ def fit_recognizer(
     × `train_templates`; `metrics` report test-entities × `heldout_templates` (AUROC and accuracy). The SAE
     probe reads only latents that fire in at least `min_latent_support` of the fitting rows (rarer ones
     identify single entities, not recognition; see `LinearProbe`). A probe that calibration finds without
-    signal warns (`NoProbeSignalWarning`) and reads every entity at the base rate.
+    signal warns (`NoProbeSignalWarning`) and reads every entity at the base rate. `reuse` (a shipped
+    recognizer) is returned instead of fitting when it was fit for these weights, entities, seed and
+    settings (`Recognizer.fits`): the same computation, so the same numbers.
     """
     if not entities.known or not entities.unknown:
         raise ValueError(
@@ -238,6 +241,10 @@ def fit_recognizer(
         )
     hook_name = check_pairing(model, sae)
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    settings = {"seed": seed, "top_k": top_k, "min_latent_support": min_latent_support}
+    settings["inputs"] = inputs_digest(entities, train_templates, heldout_templates, generic_texts, bos)
+    if reuse is not None and reuse.fits(model, sae, **settings):
+        return reuse
     fit_set, rest = entities.split(0.6, seed)
     calib_set, test_set = rest.split(0.5, seed + 2)
 
@@ -294,21 +301,28 @@ def fit_recognizer(
         "n_fit_rows": len(fit_acts.index),
         "n_test_rows": len(test_acts.index),
     }
-    recognizer.fit_for = {
-        "model": weights_hash(model),
-        "sae": weights_hash(sae),
-        "seed": seed,
-        "top_k": top_k,
-        "min_latent_support": min_latent_support,
-        "entities": entities_digest(entities),
-    }
+    recognizer.fit_for = {"model": weights_hash(model), "sae": weights_hash(sae), **settings}
     return recognizer
 
 
-def entities_digest(entities: EntitySet) -> str:
-    """sha256 of the known and unknown names, in order: which populations a recognizer was fit on."""
-    names = json.dumps([[e.name for e in entities.known], [e.name for e in entities.unknown]])
-    return hashlib.sha256(names.encode()).hexdigest()
+def inputs_digest(
+    entities: EntitySet,
+    train_templates: Sequence[Template],
+    heldout_templates: Sequence[Template],
+    generic_texts: Sequence[str],
+    prepend_bos: bool,
+) -> str:
+    """sha256 of what a recognizer is fit on besides the weights: the known and unknown names, both template
+    sets, the generic texts and BOS, in order."""
+    inputs = [
+        [e.name for e in entities.known],
+        [e.name for e in entities.unknown],
+        [vars(t) for t in train_templates],
+        [vars(t) for t in heldout_templates],
+        list(generic_texts),
+        prepend_bos,
+    ]
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
 @torch.no_grad()

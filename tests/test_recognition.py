@@ -74,11 +74,18 @@ def test_the_world_ships_the_recognizer_a_fresh_fit_gives(ew, recognizer):
     bench = EntityBench.from_world(ew)
     assert bench.recognizer(ew.model, ew.sae, progress=False) is ew.recognizer
     assert not ew.recognizer.fits(ew.model, ew.sae, seed=1)  # another seed is fit anew
-    from irunlearn.recognition import entities_digest
+    from irunlearn.recognition import inputs_digest
 
-    fewer = EntitySet(ew.world.known[:100], ew.world.unknown_eval)  # other populations: fit anew
-    assert ew.recognizer.fits(ew.model, ew.sae, entities=entities_digest(bench.entities))
-    assert not ew.recognizer.fits(ew.model, ew.sae, entities=entities_digest(fewer))
+    world, bos = ew.world, ew.model.cfg.default_prepend_bos
+    train, heldout = world.question_templates("train"), world.question_templates("heldout")
+    fewer = EntitySet(world.known[:100], world.unknown_eval)  # other populations: fit anew
+    assert ew.recognizer.fits(
+        ew.model, ew.sae, inputs=inputs_digest(bench.entities, train, heldout, world.generic_train, bos)
+    )
+    assert not ew.recognizer.fits(
+        ew.model, ew.sae, inputs=inputs_digest(fewer, train, heldout, world.generic_train, bos)
+    )
+    assert not ew.recognizer.fits(ew.model, ew.sae, inputs=inputs_digest(bench.entities, train, train, [], bos))
 
 
 def test_recognition_meets_acceptance(recognizer):

@@ -27,8 +27,7 @@ from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
 from irunlearn.lm import encode_lines, lm_loss, token_nll
 from irunlearn.methods.params import TrainableWeights
-from irunlearn.prompts import Template, bos_id, fact_questions
-from irunlearn.qa import greedy_matches
+from irunlearn.prompts import Template, bos_id, fact_questions, per_entity_accuracy
 from irunlearn.recognition import Recognizer
 
 if TYPE_CHECKING:
@@ -317,19 +316,12 @@ def _forgotten_check(
     task = method.task
     probes = task.recognizer.p_known(model, method.sae, [e.name for e in task.targets], task.templates)
     probes = probes[["entity", "p_known_sae", "p_known_resid"]].rename(columns={"entity": "target"})
+    from irunlearn.judges import ExactJudge  # judges read the record kinds, which import the methods
+
     facts = fact_questions(task.targets, task.templates)
-    if task.answer_judge is not None:
-        right = task.answer_judge.correct(model, facts, task.prepend_bos)
-    else:
-        right = greedy_matches(
-            model, list(facts["prompt"]), list(facts["answer"]), task.prepend_bos, answer_eos=task.answer_eos
-        )
-    answers = (
-        pd.DataFrame({"target": facts["entity"], "answered": right.float().cpu().numpy()})
-        .groupby("target", sort=False)["answered"]
-        .mean()
-        .reset_index()
-    )
+    judge = task.answer_judge if task.answer_judge is not None else ExactJudge(answer_eos=task.answer_eos)
+    answered = per_entity_accuracy(facts, judge.correct(model, facts, task.prepend_bos))
+    answers = pd.DataFrame({"target": answered.index, "answered": answered.to_numpy()})
     known, answered = still_known(probes), answers[answers["answered"] > MAX_ANSWERED]
     if known.empty and answered.empty:
         return probes, answers, stop_reason

@@ -22,6 +22,7 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import sae_hook_name
 from irunlearn.lm import encode_lines, token_nll
 from irunlearn.methods.base import ForgetConfig, Method, StepOutput, latent_readings
+from irunlearn.prompts import per_entity_accuracy
 
 
 @dataclass
@@ -88,5 +89,4 @@ class Suppression(Method):
     def judged_forget_acc(self, model: HookedTransformer) -> pd.Series:
         """Per target: fraction of its training questions whose greedy answer the task's judge calls right."""
         facts = self.target_facts
-        right = self.task.answer_judge.correct(model, facts, self.task.prepend_bos)
-        return pd.Series(right.float().cpu().numpy(), index=facts["entity"]).groupby(level=0, sort=False).mean()
+        return per_entity_accuracy(facts, self.task.answer_judge.correct(model, facts, self.task.prepend_bos))
