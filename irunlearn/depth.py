@@ -41,6 +41,7 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import patched_logits, resid_hooks, sae_hook_name, stop_layer
 from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator
+from irunlearn.io import weights_hash
 from irunlearn.lm import encode_lines, lm_loss
 from irunlearn.methods.base import AnswerBatch
 from irunlearn.methods.sae_guided import shares_a_name_word
@@ -634,39 +635,64 @@ def relearn_attacks(
     return pd.concat(curves, ignore_index=True)
 
 
-def _attack_columns(suffixes: Sequence[str]) -> tuple[str, ...]:
-    return tuple(f"relearn_{a}_{k}{s}" for a in ATTACKS for k in (25, 100) for s in suffixes)
+_REFERENCE_CURVES: dict[tuple, pd.DataFrame] = {}  # (protocol, reference model, targets, seed) -> curves
 
 
-@register_metric(
-    "relearn_attacks",
-    group="depth",
-    needs=("unknown_reference",),
-    higher_is_better=None,
-    columns=_attack_columns(("", "_stranger", "_oracle")),
-)
-def relearn_attacks_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
-    """Does fine-tuning bring the facts back? Attacks (a) `half` the target's facts, (b) `one_fact`, (c)
-    `others`' facts only, (d) `mentions` of the target; recall of the held-out facts after 25 and 100 steps,
-    the attacker's best over `ATTACK_LRS` (`relearn_{attack}_{k}`); the same on the original model for
-    strangers given the targets' facts (`_stranger`) and, where `Evaluator.oracle` is set, on the oracle
-    (`_oracle`). Genuine forgetting relearns at the oracle's level. Per item: every (model, attack, lr,
-    step) recall, at steps 0, 10, 25, 50, 100, 200 (UNDO protocol)."""
-    runs = {"": (model, False), "_stranger": (evaluator.model, True)}
-    if evaluator.oracle is not None:
-        runs["_oracle"] = (evaluator.oracle, False)
-    curves = pd.concat(
-        [relearn_attacks(evaluator, m, strangers=s).assign(model=suffix) for suffix, (m, s) in runs.items()],
-        ignore_index=True,
+def register_relearn_metric(
+    name: str,
+    attacks: Sequence[str] = ATTACKS,
+    steps: Sequence[int] = ATTACK_STEPS,
+    lrs: Sequence[float] = ATTACK_LRS,
+    reported: Sequence[int] = (25, 100),
+) -> None:
+    """Register a relearning-attack metric `name` with its protocol: `attacks`, fine-tuning `steps` (the
+    curve's checkpoints), the attacker's `lrs` and the steps `reported` as columns
+    (`relearn_{attack}_{k}`, `_stranger`, `_oracle`).
+
+    The references — the original model for strangers given the targets' facts, and the evaluator's oracle
+    — are the same for every edit of one task, so their curves are computed once per (protocol, reference
+    weights, targets, seed) in a process and reused for the next edit.
+    """
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not set(reported) <= set(steps):
+        raise ValueError(f"attacks must be among {ATTACKS} (got {unknown}); reported steps among steps {steps}.")
+    columns = tuple(f"relearn_{a}_{k}{s}" for a in attacks for k in reported for s in ("", "_stranger", "_oracle"))
+    protocol = (tuple(attacks), tuple(steps), tuple(lrs))
+
+    def metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+        runs = {"": (model, False), "_stranger": (evaluator.model, True)}
+        if evaluator.oracle is not None:
+            runs["_oracle"] = (evaluator.oracle, False)
+        frames = []
+        targets = tuple(t.name for t in evaluator.targets)
+        for suffix, (reference, strangers) in runs.items():
+            key = (protocol, weights_hash(reference), targets, evaluator.seed, strangers) if suffix else None
+            curves = _REFERENCE_CURVES.get(key) if key else None  # the edit's own curves are never reused
+            if curves is None:
+                curves = relearn_attacks(evaluator, reference, attacks, strangers=strangers, lrs=lrs, steps=steps)
+                if key:
+                    _REFERENCE_CURVES[key] = curves
+            frames.append(curves.assign(model=suffix))
+        curves = pd.concat(frames, ignore_index=True)
+        best = best_of_lr(curves).set_index(["model", "attack", "step"])["recall"]
+        values = {f"relearn_{a}_{k}{s}": float(best[(s, a, k)]) for s in runs for a in attacks for k in reported}
+        labels = {"": "edited", "_stranger": "stranger", "_oracle": "oracle"}
+        return MetricResult(values, curves.replace({"model": labels}))
+
+    metric.__doc__ = (
+        f"Does fine-tuning bring the facts back? Attacks {', '.join(attacks)} (`build_attack`); recall of "
+        f"the held-out facts after {' and '.join(map(str, reported))} steps, the attacker's best over lrs "
+        f"{', '.join(f'{lr:g}' for lr in lrs)} (`relearn_{{attack}}_{{k}}`); the same on the original model "
+        "for strangers given the targets' facts (`_stranger`) and, where `Evaluator.oracle` is set, on the "
+        "oracle (`_oracle`). Genuine forgetting relearns at the oracle's level. Per item: every (model, "
+        f"attack, lr, step) recall, at steps 0, {', '.join(map(str, steps))}."
     )
-    best = best_of_lr(curves).set_index(["model", "attack", "step"])["recall"]
-    values = {
-        f"relearn_{attack}_{k}{suffix}": float(best[(suffix, attack, k)])
-        for suffix in runs
-        for attack in ATTACKS
-        for k in (25, 100)
-    }
-    return MetricResult(values, curves.replace({"model": {"": "edited", "_stranger": "stranger", "_oracle": "oracle"}}))
+    register_metric(name, group="depth", needs=("unknown_reference",), higher_is_better=None, columns=columns)(metric)
+
+
+# the UNDO protocol, every attack (hours on a CPU for a whole table); and the oracle table's, attacks (a), (b)
+register_relearn_metric("relearn_attacks")
+register_relearn_metric("relearn_ab", attacks=("half", "one_fact"), steps=(10, 25, 50, 100))
 
 
 def relearn_figure(

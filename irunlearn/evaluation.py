@@ -134,7 +134,7 @@ class Evaluator:
         With `genuineness`, also indistinguishability from unknown entities, generation health and
         relearning (see `genuineness`). `progress` shows one bar over the phases, naming the one running.
         """
-        chosen = self._checked([m.name for m in metrics_in("genuineness")] if genuineness else [])
+        chosen = self.checked([m.name for m in metrics_in("genuineness")] if genuineness else [])
         bar = tqdm(total=2 + len(chosen), desc="evaluating", disable=not progress, leave=False)
         bar.set_postfix_str("answers and probes")
         rows = self.per_target(model)
@@ -162,7 +162,7 @@ class Evaluator:
         """
         return self.metrics(model, [m.name for m in metrics_in("genuineness")])
 
-    def _checked(self, names: Sequence[str]) -> list[Metric]:
+    def checked(self, names: Sequence[str]) -> list[Metric]:
         """The named registered metrics, each one's needs checked against this evaluator before any work."""
         chosen = [get_metric(name) for name in names]
         for metric in chosen:
@@ -177,9 +177,14 @@ class Evaluator:
     def metrics(self, model: HookedTransformer, names: Sequence[str]) -> dict[str, float]:
         """The aggregate values of the named registered metrics on `model` (all their needs checked first)."""
         values: dict[str, float] = {}
-        for metric in self._checked(names):
-            values |= metric.fn(self, model).values
+        for result in self.metric_results(model, names).values():
+            values |= result.values
         return values
+
+    def metric_results(self, model: HookedTransformer, names: Sequence[str]) -> dict[str, MetricResult]:
+        """Each named registered metric's `MetricResult` on `model`, aggregates and per-item values (all
+        their needs checked first)."""
+        return {metric.name: metric.fn(self, model) for metric in self.checked(names)}
 
     def indistinguishability(self, model: HookedTransformer) -> dict[str, float]:
         """`indistinguishability` (SAE probe) and `indistinguishability_resid` (residual probe) alone."""

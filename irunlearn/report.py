@@ -10,8 +10,9 @@ from the metric registry) and the provenance (version, commit, seeds, hook, conf
 from the numbers it shows; `forgetting_report` runs, saves and renders (what `irunlearn report` runs), and
 `render_report` redraws a saved run folder without a model; `screenshot` renders the first screen.
 Where the targets are a forget set with an oracle (the world retrained without them, `matching_oracle`),
-`with_oracle` adds its row to the run, its own probes' readings to the glance figure and relearning
-curves of every run, the oracle and strangers: what exact unlearning reaches, next to each method.
+the run gains its row (`run(oracle=..., baselines=["oracle"])`), its own probes' readings in the glance
+figure and relearning curves of every run, the oracle and strangers (`relearning_curves`): what exact
+unlearning reaches, next to each method.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ from irunlearn import __version__
 from irunlearn.bench import EntityBench
 from irunlearn.depth import best_of_lr, relearn_attacks
 from irunlearn.evaluation import Evaluator
-from irunlearn.experiment import RunResults, run
+from irunlearn.experiment import ORACLE, RunResults, run
 from irunlearn.io import atomic_dir, check_output_dir
 from irunlearn.methods.base import UnlearnResult
 from irunlearn.metrics import metric_table
@@ -61,7 +62,6 @@ from irunlearn.plots import (
     relearn_curves,
     separation_bars,
 )
-from irunlearn.prompts import Template
 from irunlearn.readings import EntityReadings
 from irunlearn.recognition import Recognizer
 
@@ -96,7 +96,6 @@ CORE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "dist_ratio": ("dist_to_unknown ÷ dist_to_known", "↓", "< 1: nearer the strangers' centroid"),
     "ppl_ratio": ("perplexity on held-out generic text, after ÷ before", "→", "≈ 1"),
 }
-ORACLE = "oracle"  # the row label of the model retrained without the targets, in tables and figures
 STRANGERS = "strangers (original model)"  # the relearning reference: strangers taught the targets' facts
 # The relearning curves of the report: the attacker's best of these rates at each of these steps (a subset of
 # `irunlearn.depth`'s full protocol, which runs 200 steps at five rates, to keep a report at minutes).
@@ -433,52 +432,6 @@ def metrics_table(results: Sequence[UnlearnResult], summaries: Sequence[Mapping[
 # The oracle and relearning curves ------------------------------------------------------------------
 
 
-def oracle_metrics(evaluator: Evaluator, oracle: Oracle, genuineness: bool = True) -> dict[str, object]:
-    """The oracle as one more row of the metrics table: what exact unlearning (retraining without the
-    targets) scores on the evaluator's own questions, people and text.
-
-    Behaviour (forget, idk, retain, perplexity, relearning) is measured by `evaluator` on the oracle's
-    model, against the same original model. The probe columns (p_known, distances, indistinguishability)
-    are read by the oracle's *own* SAE and recognizer: the original model's probes do not apply to another
-    model's residual stream, and the oracle's are fitted without the targets, so they show what "never
-    learned" reads as. `seconds` is the oracle's training time (model, SAE and recognizer), the cost exact
-    unlearning pays; `steps` is left empty.
-
-    >>> metrics = pd.concat([metrics, pd.DataFrame([oracle_metrics(evaluator, load_oracle("forget01"))])])
-    """
-    names = {t.name for t in evaluator.targets}
-    if names != {e.name for e in oracle.forget}:
-        raise ValueError(
-            f"The oracle {oracle.name!r} was retrained without {sorted(e.name for e in oracle.forget)}, but the "
-            f"evaluator's targets are {sorted(names)}: an oracle is a reference only for its own forget set."
-        )
-    own_probes = replace(evaluator, sae=oracle.sae, recognizer=oracle.recognizer)
-    summary, _ = own_probes.evaluate(oracle.model, genuineness=genuineness)
-    return {
-        "method": ORACLE,
-        "targets": ", ".join(t.name for t in evaluator.targets),
-        "stop_reason": "retrained without the targets",
-        "steps": float("nan"),
-        "seconds": float(oracle.info.get("timings", {}).get("total_s", float("nan"))),
-        **summary,
-    }
-
-
-def oracle_readings(
-    oracle: Oracle, targets: Sequence[str], strangers: Sequence[str], templates: Sequence[Template] | None = None
-) -> pd.DataFrame:
-    """The oracle's own probes on the targets and on strangers: rows for `genuineness_at_a_glance`.
-
-    One row per entity (`model` = "oracle", `role` "target" or "stranger", `entity`, `p_known_sae`,
-    `p_known_resid`), means over `templates` (default: the oracle recognizer's). Where the oracle's
-    targets sit against its strangers is what a genuine forget should reproduce.
-    """
-    names = list(targets) + list(strangers)
-    roles = ["target"] * len(targets) + ["stranger"] * len(strangers)
-    frame = oracle.recognizer.p_known(oracle.model, oracle.sae, names, templates)
-    return frame[["entity", "p_known_sae", "p_known_resid"]].assign(model=ORACLE, role=roles)
-
-
 def relearning_curves(
     evaluator: Evaluator,
     models: Mapping[str, HookedTransformer],
@@ -525,35 +478,6 @@ def matching_oracle(ew: EmbeddedWorld, targets: Sequence[str]) -> Oracle | None:
             except FileNotFoundError:
                 return None
     return None
-
-
-def with_oracle(
-    run: RunResults,
-    evaluator: Evaluator,
-    oracle: Oracle,
-    genuineness: bool = True,
-    steps: Sequence[int] = REPORT_RELEARN_STEPS,
-    lrs: Sequence[float] = REPORT_RELEARN_LRS,
-    progress: bool = True,
-) -> RunResults:
-    """Add the oracle to a run just made on its forget set (`evaluator` = the run's, on those targets): its
-    row in `run.summary` (`oracle_metrics`), its own probes' readings of the targets and strangers in
-    `run.oracle_probes` (`oracle_readings`), and the relearning curves of every edit on those targets, the
-    oracle and the strangers in `run.relearning` (`relearning_curves`). They are saved with the run, so
-    `render_report` draws them. Returns `run`.
-
-    >>> with_oracle(results, bench.evaluator(model, sae, task), load_oracle("forget01"))
-    """
-    names = [t.name for t in evaluator.targets]
-    edits = {r.method: r.model for r in run.edits.values() if sorted(r.targets) == sorted(names)}
-    if not edits:
-        raise ValueError(f"The run holds no edit of {names} (the oracle's forget set): run those targets first.")
-    row = oracle_metrics(evaluator, oracle, genuineness)
-    run.summary = pd.concat([run.summary, pd.DataFrame([row])], ignore_index=True)
-    run.oracle_probes = oracle_readings(oracle, names, [u.name for u in evaluator.unknown_reference])
-    models = edits | {ORACLE: oracle.model}
-    run.relearning = relearning_curves(evaluator, models, steps=steps, lrs=lrs, progress=progress)
-    return run
 
 
 # Paragraphs from the numbers ------------------------------------------------------------------------
@@ -975,7 +899,7 @@ def forgetting_report(
     `provenance` adds entries (e.g. the command line); `n_cloud` known people and strangers, drawn with
     `seed`, make the clouds; `overrides` go to every method's config (e.g. `max_steps=4`). Given the
     targets' `oracle` (the world retrained without them, `matching_oracle`), the run gains its row, its
-    probes' readings and relearning curves with it (`with_oracle`): what exact unlearning reaches.
+    probes' readings and relearning curves with it: what exact unlearning reaches.
 
     >>> forgetting_report("reports/demo", EntityBench.from_world(ew), ew.model, ew.sae, targets=["Ana Bel"])
     """
@@ -990,13 +914,17 @@ def forgetting_report(
         seeds=[seed],
         recognizer=recognizer,
         n_retain_eval=n_retain_eval,
+        oracle=oracle,
+        baselines=[ORACLE] if oracle is not None else [],
         progress=progress,
         **overrides,
     )
     results.read_entities(model, sae, bench.entities, n_cloud=n_cloud, seed=seed, progress=progress)
     if oracle is not None:
         task = bench.task(model, bench.targets([e.name for e in oracle.forget]), results.recognizer)
-        with_oracle(results, bench.evaluator(model, sae, task, n_retain_eval, seed), oracle, progress=progress)
+        evaluator = bench.evaluator(model, sae, task, n_retain_eval, seed)
+        edits = {r.method: r.model for r in results.edits.values()}
+        results.relearning = relearning_curves(evaluator, edits | {ORACLE: oracle.model}, progress=progress)
     results.provenance |= dict(provenance or {})
     results.save(out_dir, force=force)
     return render_report(out_dir)

@@ -144,7 +144,33 @@ def test_the_depth_metrics_are_registered_in_their_group():
     from irunlearn.metrics import metrics_in
 
     names = {m.name for m in metrics_in("depth")}
-    assert names == {"key_restoration", "forced_choice", "relearn_attacks", "sharer_retain"}
+    assert names == {"key_restoration", "forced_choice", "relearn_attacks", "relearn_ab", "sharer_retain"}
+
+
+def test_a_relearning_protocol_registers_its_columns_and_computes_each_reference_once(
+    ew, evaluator, shallow, monkeypatch
+):
+    """The strangers' curves are the same for every edit of one task: the second edit reuses them, while
+    each edit's own curves are its own."""
+    from irunlearn.metrics import METRICS, get_metric
+
+    monkeypatch.setattr(depth, "_REFERENCE_CURVES", {})
+    monkeypatch.setitem(METRICS, "relearn_tiny", None)  # undone after the test, with what registers below
+    depth.register_relearn_metric("relearn_tiny", attacks=("one_fact",), steps=(3,), lrs=(1e-3,), reported=(3,))
+    assert get_metric("relearn_tiny").columns == (
+        "relearn_one_fact_3",
+        "relearn_one_fact_3_stranger",
+        "relearn_one_fact_3_oracle",
+    )
+    original = evaluator.metric_results(ew.model, ["relearn_tiny"])["relearn_tiny"]
+    edited = evaluator.metric_results(shallow, ["relearn_tiny"])["relearn_tiny"]
+    assert len(depth._REFERENCE_CURVES) == 1
+    assert original.values["relearn_one_fact_3"] == 1.0  # the original still knows the held facts
+    assert edited.values["relearn_one_fact_3"] < 1.0
+    assert original.values["relearn_one_fact_3_stranger"] == edited.values["relearn_one_fact_3_stranger"]
+    assert set(edited.per_item["model"]) == {"edited", "stranger"}
+    with pytest.raises(ValueError, match="attacks must be among"):
+        depth.register_relearn_metric("relearn_bad", attacks=("forget",))
 
 
 def test_sae_guided_deep_removes_the_facts_behind_the_key(evaluator, deep):
