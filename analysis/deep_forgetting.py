@@ -5,8 +5,9 @@ of them alone, s in `--seeds`, and for each method: the existing metrics, key re
 SAE's, forced choice among the attribute's values against strangers, relearning attacks (a) half the facts,
 (b) one fact, (c) other people's facts only, the attacker's best over `depth.ATTACK_LRS` at 25 and 100 steps,
 against strangers taught the same, the held-out name-sharers' retain apart from everyone else, and seconds.
-The original model is a row of its own (no edit); its relearning is not run (it answers every held fact at
-step 0). With an oracle (a world retrained without the targets) the oracle columns would join; none ships yet.
+Each row is one `irunlearn.run` with the depth metrics as extra registered metrics; the original model is a
+row of its own (`baselines=["original"]`), its relearning not run (it answers every held fact at step 0).
+These seed-drawn targets have no oracle; the standard forget sets against theirs are `oracle_table.py`'s.
 
     python analysis/deep_forgetting.py [--seeds 0 1 2] [--methods sae_guided sae_guided_deep ...]
 
@@ -27,15 +28,16 @@ import pandas as pd
 import torch
 from tables import markdown as table
 
-from irunlearn import depth, load_world
-from irunlearn.methods import forget
+import irunlearn
+from irunlearn import EntityBench, depth, load_world
 from irunlearn.world.recognition import recognize_world
-from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+from irunlearn.world.tasks import resolve_targets
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("sae_guided", "sae_guided_deep", "grad_ascent", "rmu")
 ATTACKS = ("half", "one_fact", "others")
 STEPS = (10, 25, 50, 100)
+PER_ROW_METRICS = ("indistinguishability", "forced_choice", "sharer_retain", "key_restoration")
 EXISTING = (
     "forget_acc",
     "paraphrase_forget_acc",
@@ -49,39 +51,34 @@ EXISTING = (
 )
 
 
-def run_case(ew, recognizer, case: str, targets, methods, attacks, lrs) -> Iterator[tuple[dict, pd.DataFrame]]:
-    """Every method on one case, one at a time: its table row and its relearning curves (the strangers' with
-    the first method)."""
-    task = world_task(ew, targets, recognizer)
-    evaluator = world_evaluator(ew, task)
-    sae_block = depth.sae_layer(evaluator)
-    stranger = depth.relearn_attacks(evaluator, ew.model, attacks, strangers=True, lrs=lrs, steps=STEPS, progress=True)
-    stranger_best = depth.best_of_lr(stranger).set_index(["attack", "step"])["recall"]
-    pending = [stranger.assign(case=case, model="stranger")]
+def run_case(ew, bench, recognizer, case: str, targets, methods, relearn: str) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """The original model and every method on one case through `irunlearn.run`, row by row: the row and
+    its relearning curves (the strangers' with the first method). The original's relearning is not run
+    (it answers every held fact at step 0)."""
+    names = [t.name for t in targets]
+    common = {"targets": names, "recognizer": recognizer, "genuineness": False, "progress": False}
     for method in ("original", *methods):
         tic = time.perf_counter()
-        if method == "original":
-            model, seconds, steps = ew.model, 0.0, 0
-        else:
-            result = forget(ew.model, ew.sae, task, method=method, progress=False)
-            model, seconds, steps = result.model, result.seconds, result.steps
-        summary, _ = evaluator.evaluate(model)
-        row = {"case": case, "method": method, "steps": steps, "seconds": seconds}
-        row |= {k: summary[k] for k in EXISTING if k in summary}
-        row |= evaluator.metrics(model, ["indistinguishability", "forced_choice", "sharer_retain"])
-        restored = depth.key_restoration(ew.model, model, targets, evaluator.train_templates, sae_block)
-        row |= {f"key_restoration_L{layer}": v for layer, v in restored.groupby("layer")["restored"].mean().items()}
-        if method != "original":
-            curves = depth.relearn_attacks(evaluator, model, attacks, lrs=lrs, steps=STEPS, progress=True)
-            best = depth.best_of_lr(curves).set_index(["attack", "step"])["recall"]
-            for attack in attacks:
-                for k in (25, 100):
-                    row[f"relearn_{attack}_{k}"] = best[(attack, k)]
-                    row[f"relearn_{attack}_{k}_stranger"] = stranger_best[(attack, k)]
-            pending.append(curves.assign(case=case, model=method))
+        edited = method != "original"
+        results = irunlearn.run(
+            bench,
+            ew.model,
+            ew.sae,
+            [method] if edited else [],
+            metrics=[*PER_ROW_METRICS, *([relearn] if edited else [])],
+            baselines=[] if edited else ["original"],
+            **common,
+        )
+        row = {"case": case, **results.summary.iloc[0].to_dict()}
+        restored = results.items["key_restoration"].groupby("layer")["restored"].mean()
+        row |= {f"key_restoration_L{layer}": value for layer, value in restored.items()}
+        curves = pd.DataFrame()
+        if edited:
+            curves = results.items[relearn].drop(columns="run").replace({"model": {"edited": method}})
+            if method != methods[0]:
+                curves = curves[curves["model"] != "stranger"]
         print(f"{case} {method}: {time.perf_counter() - tic:.0f} s", flush=True)
-        yield row, pd.concat(pending, ignore_index=True)
-        pending = []
+        yield row, curves.assign(case=case)
 
 
 def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
@@ -94,7 +91,7 @@ def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
         "Relearning: attacker's best "
         f"over the lrs in `deep_forgetting_curves.csv`, one run of {max(STEPS)} steps per lr (Adam, full batch), "
         "recall of the held-out facts; `_stranger`: strangers taught the same on the original model. "
-        "No oracle ships yet, so the oracle columns of #21 are absent.",
+        "These targets have no oracle (the forget sets against theirs: `oracle_table.md`).",
         "",
         "## Where the original model reads a target's facts (`depth.locate`, five_s0's targets)",
         "",
@@ -153,19 +150,24 @@ def main() -> None:
         first = resolve_targets(ew, n_random=5, seed=args.seeds[0])
         heat = depth.locate(ew.model, first, ew.world.question_templates("train"), ew.world.unknown_eval[-50:])
         heat.to_csv(heat_path, index=False)
+    relearn = "relearn_deep_forgetting"  # this script's protocol, a registered metric like any other
+    depth.register_relearn_metric(relearn, attacks=args.attacks, steps=STEPS, lrs=args.lrs)
+    bench = EntityBench.from_world(ew)
     for case, targets in cases:
         if case in done:
             continue
-        for row, curves in run_case(ew, recognizer, case, targets, args.methods, args.attacks, args.lrs):
+        for row, curves in run_case(ew, bench, recognizer, case, targets, args.methods, relearn):
             runs = (
                 pd.concat([pd.read_csv(runs_path), pd.DataFrame([row])]) if runs_path.exists() else pd.DataFrame([row])
             )
             runs.to_csv(runs_path, index=False)
-            curves.to_csv(curves_path, mode="a", header=not curves_path.exists(), index=False)
+            if not curves.empty:
+                curves.to_csv(curves_path, mode="a", header=not curves_path.exists(), index=False)
             (RESULTS / "deep_forgetting.md").write_text(markdown(runs, pd.read_csv(heat_path)))
-            depth.relearn_figure(
-                pd.read_csv(curves_path).query("case == @case").drop(columns="case"), f"Relearning attacks, {case}"
-            ).write_html(RESULTS / f"deep_forgetting_relearn_{case}.html", include_plotlyjs="cdn")
+            if curves_path.exists():
+                depth.relearn_figure(
+                    pd.read_csv(curves_path).query("case == @case").drop(columns="case"), f"Relearning attacks, {case}"
+                ).write_html(RESULTS / f"deep_forgetting_relearn_{case}.html", include_plotlyjs="cdn")
 
 
 if __name__ == "__main__":

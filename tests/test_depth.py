@@ -183,6 +183,51 @@ def test_sae_guided_deep_removes_the_facts_behind_the_key(evaluator, deep):
     assert evaluator.metrics(deep.model, ["key_restoration"])["key_restoration"] <= 0.1
 
 
+def test_the_shared_prefix_lines_carry_the_targets_first_name_and_keep_the_persons_own_last(ew, task):
+    """Stage 2's virtual name-sharers: each retain line has the target's first-name tokens at its first name
+    tokens in the target-named copy, its own tokens after them, and the patch moves the original model's
+    answers only where the prefix differs (a line whose person shares the prefix is left as it was)."""
+    from irunlearn.methods.sae_guided_deep import _name_tokens, _PrefixLines
+
+    target = task.targets[0]
+    first, _ = target.name.split(" ")
+    template = task.templates[0]
+    n = len(_name_tokens(ew.model.tokenizer, template.render(target.name), first))
+    lines = _PrefixLines.build(ew.model, task, "blocks.0.hook_resid_post", 200, seed=0)
+    assert lines is not None and len(lines.tokens) == 200
+    counts = torch.bincount(lines.rows)
+    assert (counts >= n).all()  # at least the first name's tokens, in every line
+    first_tokens = _name_tokens(ew.model.tokenizer, template.render(target.name), target.name)[:n]
+    for row in range(3):
+        cols = lines.cols[lines.rows == row]
+        assert lines.swapped[row, cols].tolist() == first_tokens[: len(cols)]
+        assert not torch.equal(lines.tokens[row, cols], lines.swapped[row, cols])  # another person's name
+        assert lines.tokens[row, cols[-1] + 1] != ew.model.tokenizer.pad_token_id  # their last name stays theirs
+    # with the lines' own states patched in, the patch is the identity: the reference is the plain forward
+    own = _PrefixLines(lines.hook, lines.tokens, lines.mask, lines.tokens, lines.rows, lines.cols, torch.empty(0))
+    index = list(range(4))
+    with torch.no_grad():
+        patched = own.forward(ew.model, own.states(ew.model), index)
+        plain = ew.model(lines.tokens[:4], return_type="logits")
+    assert torch.allclose(patched, plain, atol=1e-5)
+
+
+def test_the_value_choice_term_sees_the_original_rank_the_truth_and_the_deep_edit_rank_like_a_stranger(ew, task, deep):
+    """L_choice's reference is a ranking (sums to 1 per question); the original model, which knows the
+    target, is far from the strangers' ranking; the deep edit, which trained on it, is close."""
+    from irunlearn.methods.sae_guided_deep import _ValueChoices
+
+    questions = pd.DataFrame(
+        [{"entity": e.name, "prompt": t.render(e.name)} for e in task.targets for t in task.templates]
+    )
+    choices = _ValueChoices.build(ew.model, task, questions, n_strangers=8, seed=0)
+    assert all(torch.isclose(r.sum(), torch.tensor(1.0)) for r in choices.reference if len(r))
+    rows = list(range(len(questions)))
+    with torch.no_grad():
+        before, after = choices.kl(ew.model, rows).item(), choices.kl(deep.model, rows).item()
+    assert after < before / 5, (before, after)
+
+
 def test_sae_guided_deep_stage1_is_sae_guided(ew, task, shallow, deep):
     """Stage 1 trains what sae_guided trains with the same draws: the weights stage 2 never touches
     (block 0's MLP) end bit-identical to sae_guided's."""

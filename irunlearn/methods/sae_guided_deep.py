@@ -10,13 +10,27 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
               + CE(`unknown` | target question, key ← original)                   the original key restored
     L_keep    = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))     retain fact lines and generic text (sae_guided's L_lm pool)
     L_sharers = the same KL on the fact lines of retain people who share a name word with a target
-    L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers
+              + the same KL on retain people's fact lines with a target's shared name prefix patched in
+    L_choice  = KL(r(v | template) ‖ q_θ(v | target question))   over the attribute's values v, `unknown` left out
+    L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_choice · L_choice
 
 "key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for
 each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer
 must be `unknown` even when the adversary hands the downstream layers the old key. The name-sharers' lines
 are there because a name word the target shares has the same layer-0 state in both names: stage 2 could
-otherwise learn "that word → unknown" and take the neighbours' answers with it.
+otherwise learn "that word → unknown" and take the neighbours' answers with it. A task holds few such
+people (often none or one), so the second part makes more: a target's *shared prefix* is its name's
+leading words (its first name, which anyone may share) or, if longer, the leading tokens some retain
+person's name starts with too ("Velvel" of "Velvel Tevdan" and "Velvel Roti"); every residual up to there
+is the same in both prompts. In other people's fact lines the key layer's residual at
+their name's first tokens is replaced by the target's shared prefix (the original model's in the
+reference, the stage-1 model's in the edit): whoever follows that prefix must keep their answers.
+
+L_choice asks for more than the answer `unknown`: ranked among the attribute's values (the retain people's),
+the target's true value must be no likelier than for a stranger. q_θ is the softmax over the values of each
+whole answer's log-probability after the target's question; r is the same for strangers' names
+(`ForgetTask.unknown`) on the original model, averaged over them. Without it the edited model still ranks
+the target's true value first when `unknown` is left out (forced choice): the answer changes, the fact stays.
 
 Stage 2 stops once every drawn target question answers `unknown` (greedy) with both keys for `deep_steps`
 steps in a row (the loop's `extra_steps` follow).
@@ -24,6 +38,7 @@ steps in a row (the loop's `extra_steps` follow).
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -33,9 +48,9 @@ from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
 from irunlearn.activations import stop_layer
-from irunlearn.entities import UNKNOWN_ANSWER
+from irunlearn.entities import UNKNOWN_ANSWER, attribute_values
 from irunlearn.lm import encode_lines
-from irunlearn.methods.base import AnswerBatch, StepOutput, kl_to_reference
+from irunlearn.methods.base import AnswerBatch, ForgetTask, StepOutput, kl_to_reference
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig, shares_a_name_word
 from irunlearn.prompts import _last_token_covering
 
@@ -122,7 +137,9 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     (`last`). `lambda_keep`, `lambda_sharers`: the weights of L_keep and L_sharers. `n_sharer_lines`:
     name-sharers' fact lines in L_sharers per step (from a pool `retain_pool` times that). `deep_steps`:
     steps in a row every drawn target question must answer
-    `idk_answer` with both keys before stage 2 stops.
+    `idk_answer` with both keys before stage 2 stops. `n_prefix_lines`: retain fact lines per step that
+    carry a target's shared name prefix (0: none). `lambda_choice`: the weight of L_choice (0: off);
+    `n_choice_strangers`: the strangers its reference averages over.
     """
 
     layers: tuple[int, ...] | None = (0, 1, 2, 3)
@@ -132,8 +149,11 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     key_layers: tuple[int, ...] = (0,)
     key_positions: Literal["name", "last"] = "name"
     lambda_keep: float = 5.0
-    lambda_sharers: float = 20.0
+    lambda_sharers: float = 100.0
     n_sharer_lines: int = 32
+    n_prefix_lines: int = 64
+    lambda_choice: float = 2.0
+    n_choice_strangers: int = 8
     deep_steps: int = 3
     idk_answer: str = UNKNOWN_ANSWER
 
@@ -193,6 +213,12 @@ class SAEGuidedDeep(SAEGuided):
             if lines
             else (None, None)
         )
+        self.choices = (
+            _ValueChoices.build(model, task, self.idk.facts, cfg.n_choice_strangers, cfg.seed)
+            if cfg.lambda_choice > 0
+            else None
+        )
+        self.prefix = _PrefixLines.build(model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed)
         with torch.no_grad():
             _, cache = model.run_with_cache(self.idk.batch.tokens, names_filter=self.key_hooks)
             self.original_keys = {hook: cache[hook][self.idk.name_rows, self.idk.name_cols] for hook in self.key_hooks}
@@ -216,6 +242,8 @@ class SAEGuidedDeep(SAEGuided):
                 return replace(out, done=False, per_target=out.per_target.assign(stage=1))
             self.stage, self.streak = 2, 0
             self._train_only(model, self.stage2_params)
+            if self.prefix is not None:  # block 0 is final now: the edit's own prefix states
+                self.prefix.edited_states = self.prefix.states(model)
         return self._deep_step(model)
 
     def _deep_step(self, model: HookedTransformer) -> StepOutput:
@@ -249,7 +277,13 @@ class SAEGuidedDeep(SAEGuided):
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * kl_to_reference(
                 model(self.sharer_tokens[draw], return_type="logits"), self.sharer_ref[draw], self.sharer_mask[draw]
             )
+        if self.prefix is not None:
+            draw = torch.randperm(len(self.prefix.tokens), generator=self.generator)[: cfg.n_prefix_lines]
+            loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * self.prefix.kl(model, draw.tolist())
         loss = loss_idk + loss_idk_key + cfg.lambda_keep * loss_keep
+        if self.choices is not None:
+            loss_choice = self.choices.kl(model, rows.tolist())
+            loss = loss + cfg.lambda_choice * loss_choice
         with torch.no_grad():
             idk, idk_key = sub.greedy_hits(logits), sub.greedy_hits(patched)
         self.streak = self.streak + 1 if bool((idk & idk_key).all()) else 0
@@ -262,9 +296,187 @@ class SAEGuidedDeep(SAEGuided):
             .assign(stage=2)
         )
         terms = {"loss_idk": loss_idk.item(), "loss_idk_key": loss_idk_key.item(), "loss_keep": loss_keep.item()}
+        if self.choices is not None:
+            terms["loss_choice"] = loss_choice.item()
         return StepOutput(
             loss=loss,
             terms=terms | {"retain_kl": loss_keep.item()},
             per_target=per_target,
             done=self.streak >= cfg.deep_steps,
         )
+
+
+@dataclass
+class _PrefixLines:
+    """Retain people's fact lines with a target's shared name prefix patched in at `hook` (see the module).
+
+    `rows`, `cols` index the patched positions (the first `n` name tokens of each line, n = its target's
+    shared prefix length); the values are a target's residual there, from the same line with the target's
+    name in place of the retain person's: the original model's (`reference`, its log-probabilities under
+    the patch precomputed) and, from stage 2 on, the stage-1 model's (`edited_states`).
+    """
+
+    hook: str
+    tokens: Int[torch.Tensor, "batch pos"]
+    mask: torch.Tensor
+    swapped: Int[torch.Tensor, "batch pos"]
+    rows: Int[torch.Tensor, " n"]
+    cols: Int[torch.Tensor, " n"]
+    reference: Float[torch.Tensor, "batch pos vocab"]
+    edited_states: Float[torch.Tensor, "n d_model"] | None = None
+
+    @classmethod
+    def build(
+        cls, model: HookedTransformer, task: ForgetTask, hook: str, n_lines: int, seed: int
+    ) -> _PrefixLines | None:
+        """Up to `n_lines` lines (seeded) for the targets whose names have a shared prefix, or None when no
+        target's has (one-word names)."""
+        tokenizer, bos = model.tokenizer, int(task.prepend_bos)
+        template = task.templates[0]
+        spans = {e.name: _name_tokens(tokenizer, template.render(e.name), e.name) for e in task.targets + task.retain}
+        shared = {}
+        for target in task.targets:
+            mine = spans[target.name]
+            *leading, last = target.name.split(" ")
+            first_words = (
+                len(_name_tokens(tokenizer, template.render(target.name), " ".join(leading))) if leading else 0
+            )
+            longest = max([first_words, *(_common_prefix(mine, spans[e.name]) for e in task.retain)])
+            if 0 < longest < len(mine):
+                shared[target.name] = longest
+        if not shared:
+            return None
+        rng = torch.Generator().manual_seed(seed)
+        facts = task.facts(task.retain)
+        facts = facts.iloc[torch.randperm(len(facts), generator=rng).tolist()].reset_index(drop=True)
+        names, lines, swapped, positions = list(shared), [], [], []
+        for i, row in enumerate(facts.itertuples()):
+            target = names[i % len(names)]
+            n = shared[target]
+            start = row.prompt.find(row.entity)
+            if len(spans[row.entity]) <= n or start < 0:  # the person's own last name token must stay theirs
+                continue
+            _, first = _last_token_covering(tokenizer, row.prompt, start + 1)
+            lines.append(f"{row.prompt} {row.answer}")
+            swapped.append(row.prompt.replace(row.entity, target, 1))
+            positions.append([first + bos + k for k in range(n)])
+            if len(lines) == n_lines:
+                break
+        device = model.cfg.device
+        tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=device)
+        swapped_tokens, _ = encode_lines(tokenizer, swapped, model.cfg.n_ctx, task.prepend_bos, False, device=device)
+        rows = torch.tensor([r for r, cols in enumerate(positions) for _ in cols], device=device)
+        cols = torch.tensor([c for cols in positions for c in cols], device=device)
+        lines_ = cls(hook, tokens, mask, swapped_tokens, rows, cols, torch.empty(0))
+        with torch.no_grad():
+            lines_.reference = lines_.forward(model, lines_.states(model), list(range(len(lines)))).log_softmax(-1)
+        return lines_
+
+    @torch.no_grad()
+    def states(self, model: HookedTransformer) -> Float[torch.Tensor, "n d_model"]:
+        """`model`'s residual at `hook` at the patched positions of the target-named lines."""
+        _, cache = model.run_with_cache(self.swapped, names_filter=[self.hook])
+        return cache[self.hook][self.rows, self.cols]
+
+    def forward(
+        self, model: HookedTransformer, states: Float[torch.Tensor, "n d_model"], index: list[int]
+    ) -> Float[torch.Tensor, "batch pos vocab"]:
+        """Logits of the lines at `index` with `states` patched in at their prefix positions."""
+        index_t = torch.tensor(index, device=self.rows.device)
+        kept = torch.isin(self.rows, index_t)
+        renumber = {row: i for i, row in enumerate(index)}
+        rows = torch.tensor([renumber[r] for r in self.rows[kept].tolist()], device=self.rows.device)
+        cols, values = self.cols[kept], states[kept]
+
+        def patch(activation: torch.Tensor, hook) -> torch.Tensor:
+            activation = activation.clone()
+            activation[rows, cols] = values
+            return activation
+
+        return model.run_with_hooks(self.tokens[index_t], fwd_hooks=[(self.hook, patch)], return_type="logits")
+
+    def kl(self, model: HookedTransformer, index: list[int]) -> Float[torch.Tensor, ""]:
+        """KL of the edit's patched lines at `index` to the original's, over their tokens."""
+        logits = self.forward(model, self.edited_states, index)
+        index_t = torch.tensor(index, device=self.rows.device)
+        return kl_to_reference(logits, self.reference[index_t], self.mask[index_t])
+
+
+def _name_tokens(tokenizer, prompt: str, name: str) -> list[int]:
+    """The token ids of `name` as tokenized inside `prompt`."""
+    start = prompt.find(name)
+    ids, first = _last_token_covering(tokenizer, prompt, start + 1)
+    _, last = _last_token_covering(tokenizer, prompt, start + len(name))
+    return ids[first : last + 1]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@dataclass
+class _ValueChoices:
+    """Each target question answered with every value of its attribute, and what a stranger's ranking of
+    those values is (see L_choice in the module).
+
+    `batch` holds one line per (question, value); `groups[i]` the lines of question i (a row of the
+    method's target questions), `reference[i]` the strangers' mean softmax over those values.
+    """
+
+    batch: AnswerBatch
+    groups: list[torch.Tensor]
+    reference: list[torch.Tensor]
+
+    @classmethod
+    def build(
+        cls, model: HookedTransformer, task: ForgetTask, questions: pd.DataFrame, n_strangers: int, seed: int
+    ) -> _ValueChoices | None:
+        """For `questions` (entity, prompt; one per target and template, in `task.templates` order), or None
+        without strangers or values to rank."""
+        values = attribute_values(task.retain)
+        strangers = random.Random(seed).sample(task.unknown, min(n_strangers, len(task.unknown)))
+        if not strangers or not values:
+            return None
+        attributes = [task.templates[i % len(task.templates)].attribute for i in range(len(questions))]
+        lines, groups = [], []
+        for prompt, attribute in zip(questions["prompt"], attributes, strict=True):
+            start = len(lines)
+            lines += [{"entity": "", "prompt": prompt, "answer": v} for v in values.get(attribute, [])]
+            groups.append(torch.arange(start, len(lines), device=model.cfg.device))
+        batch = AnswerBatch.build(model, pd.DataFrame(lines), task.prepend_bos, task.answer_eos)
+        reference = []
+        with torch.no_grad():
+            for template in task.templates:
+                choices = values.get(template.attribute, [])
+                rows = [
+                    {"prompt": template.render(s.name), "answer": v, "entity": ""} for s in strangers for v in choices
+                ]
+                if not rows:
+                    reference.append(torch.empty(0, device=model.cfg.device))
+                    continue
+                theirs = AnswerBatch.build(model, pd.DataFrame(rows), task.prepend_bos, task.answer_eos)
+                logprob = -theirs.answer_nll(model(theirs.tokens, return_type="logits"))
+                reference.append(logprob.view(len(strangers), len(choices)).softmax(-1).mean(0))
+        per_question = [reference[i % len(task.templates)] for i in range(len(questions))]
+        return cls(batch, groups, per_question)
+
+    def kl(self, model: HookedTransformer, rows: list[int]) -> Float[torch.Tensor, ""]:
+        """Mean over the questions at `rows` (with values to rank) of KL(strangers' ranking ‖ the model's)."""
+        rows = [r for r in rows if len(self.groups[r])]
+        lines = torch.cat([self.groups[r] for r in rows])
+        logits = model(self.batch.tokens[lines], return_type="logits")
+        sub = AnswerBatch(
+            self.batch.tokens[lines], self.batch.mask[lines], self.batch.answer_mask[lines], [""] * len(lines)
+        )
+        logprob = -sub.answer_nll(logits)
+        total, start = logprob.new_zeros(()), 0
+        for r in rows:
+            n = len(self.groups[r])
+            mine = logprob[start : start + n].log_softmax(-1)
+            theirs = self.reference[r]
+            total = total + (theirs * (theirs.clamp_min(1e-12).log() - mine)).sum()
+            start += n
+        return total / max(len(rows), 1)
