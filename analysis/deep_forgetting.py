@@ -87,7 +87,7 @@ def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
         "# Deep forgetting (issue #21): `python analysis/deep_forgetting.py`",
         "",
         "Evaluation targets: `resolve_targets(ew, n_random=5, seed=s)` forgotten together (`five_s{s}`) and the first "
-        "of them alone (`single_s{s}`). Tuning used other seeds only (single targets of seeds 100 and 101). "
+        "of them alone (`single_s{s}`). Tuning used other seeds only (single targets of seeds 100–103). "
         "Relearning: attacker's best "
         f"over the lrs in `deep_forgetting_curves.csv`, one run of {max(STEPS)} steps per lr (Adam, full batch), "
         "recall of the held-out facts; `_stranger`: strangers taught the same on the original model. "
@@ -164,7 +164,7 @@ def main() -> None:
             if not curves.empty:
                 curves.to_csv(curves_path, mode="a", header=not curves_path.exists(), index=False)
             (RESULTS / "deep_forgetting.md").write_text(markdown(runs, pd.read_csv(heat_path)))
-            if curves_path.exists():
+            if not curves.empty:
                 depth.relearn_figure(
                     pd.read_csv(curves_path).query("case == @case").drop(columns="case"), f"Relearning attacks, {case}"
                 ).write_html(RESULTS / f"deep_forgetting_relearn_{case}.html", include_plotlyjs="cdn")

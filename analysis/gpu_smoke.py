@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import pandas as pd
 import torch
 
 import irunlearn
-from irunlearn.methods import METHODS, forget
+from irunlearn import EntityBench
+from irunlearn.methods import METHODS
 from irunlearn.world.recognition import recognize_world
-from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
 
 
 def main() -> None:
@@ -32,24 +31,16 @@ def main() -> None:
     start = time.perf_counter()
     recognizer, _ = recognize_world(ew, progress=False)
     print(f"recognize_world: {time.perf_counter() - start:.1f} s, metrics {recognizer.metrics}")
-    task = world_task(ew, resolve_targets(ew, n_random=1, seed=args.seed), recognizer)
-    evaluator = world_evaluator(ew, task)
-    rows = []
-    for method in METHODS:
-        result = forget(ew.model, ew.sae, task, method=method, progress=False)
-        summary, _ = evaluator.evaluate(result.model, genuineness=True)
-        devices = {p.device.type for p in result.model.parameters()}
-        rows.append(
-            {
-                "method": method,
-                "stop_reason": result.stop_reason,
-                "steps": result.steps,
-                "seconds": result.seconds,
-                "param_devices": ",".join(sorted(devices)),
-                **summary,
-            }
-        )
-    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g"))
+    results = irunlearn.run(
+        EntityBench.from_world(ew), ew.model, ew.sae, list(METHODS), seeds=[args.seed], recognizer=recognizer,
+        progress=False,
+    )  # fmt: skip
+    devices = {
+        run_id: ",".join(sorted({p.device.type for p in edit.model.parameters()}))
+        for run_id, edit in results.edits.items()
+    }
+    rows = results.summary.assign(param_devices=results.summary["run"].map(devices)).drop(columns=["run", "targets"])
+    print(rows.to_markdown(index=False, floatfmt=".3g"))
 
 
 if __name__ == "__main__":

@@ -700,6 +700,8 @@ def relearn_figure(
 ) -> go.Figure:
     """Recall of the held-out facts vs fine-tuning steps, best over lr, one line per model, one panel per
     attack. `curves`: rows of `relearn_curve` with a `model` column."""
+    if curves.empty:
+        raise ValueError("relearn_figure needs relearning curves (rows of relearn_curve); got none.")
     best = best_of_lr(curves)
     attacks = list(dict.fromkeys(best["attack"]))
     fig = make_subplots(rows=1, cols=len(attacks), subplot_titles=attacks, shared_yaxes=True)

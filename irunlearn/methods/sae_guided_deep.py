@@ -138,8 +138,10 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     name-sharers' fact lines in L_sharers per step (from a pool `retain_pool` times that). `deep_steps`:
     steps in a row every drawn target question must answer
     `idk_answer` with both keys before stage 2 stops. `n_prefix_lines`: retain fact lines per step that
-    carry a target's shared name prefix (0: none). `lambda_choice`: the weight of L_choice (0: off);
-    `n_choice_strangers`: the strangers its reference averages over.
+    carry a target's shared name prefix (0: none). `lambda_choice`: the weight of L_choice (0: off),
+    `n_choice_questions` how many of the step's drawn target questions it ranks (None: all; fewer is
+    cheaper), `n_choice_strangers` the strangers
+    its reference averages over.
     """
 
     layers: tuple[int, ...] | None = (0, 1, 2, 3)
@@ -153,6 +155,7 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     n_sharer_lines: int = 32
     n_prefix_lines: int = 64
     lambda_choice: float = 2.0
+    n_choice_questions: int | None = None
     n_choice_strangers: int = 8
     deep_steps: int = 3
     idk_answer: str = UNKNOWN_ANSWER
@@ -218,7 +221,11 @@ class SAEGuidedDeep(SAEGuided):
             if cfg.lambda_choice > 0
             else None
         )
-        self.prefix = _PrefixLines.build(model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed)
+        self.prefix = (
+            _PrefixLines.build(model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed)
+            if cfg.n_prefix_lines > 0
+            else None
+        )
         with torch.no_grad():
             _, cache = model.run_with_cache(self.idk.batch.tokens, names_filter=self.key_hooks)
             self.original_keys = {hook: cache[hook][self.idk.name_rows, self.idk.name_cols] for hook in self.key_hooks}
@@ -282,7 +289,11 @@ class SAEGuidedDeep(SAEGuided):
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * self.prefix.kl(model, draw.tolist())
         loss = loss_idk + loss_idk_key + cfg.lambda_keep * loss_keep
         if self.choices is not None:
-            loss_choice = self.choices.kl(model, rows.tolist())
+            chosen = rows
+            if cfg.n_choice_questions is not None:
+                pick = torch.randperm(len(rows), generator=self.generator)[: cfg.n_choice_questions]
+                chosen = rows[pick.to(rows.device)]
+            loss_choice = self.choices.kl(model, chosen.tolist())
             loss = loss + cfg.lambda_choice * loss_choice
         with torch.no_grad():
             idk, idk_key = sub.greedy_hits(logits), sub.greedy_hits(patched)
