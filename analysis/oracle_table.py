@@ -1,7 +1,8 @@
 """Every method against the oracle: forget01 / forget05 / forget10 × (original, oracle, each method) × metrics.
 
     python analysis/oracle_table.py [--forget-sets forget01,forget05,forget10] [--methods sae_guided,rmu]
-                                    [--groups oracle] [--metrics key_restoration,relearn_ab] [--resume] [--quiet]
+                                    [--groups oracle] [--metrics key_restoration,relearn_ab]
+                                    [--baselines original,oracle] [--resume] [--quiet]
 
 For each standard forget set: the shipped oracle's acceptance figures; then one `irunlearn.run` on its
 people (together, default settings, seed 0) with the oracle as reference and the original and the oracle
@@ -58,6 +59,9 @@ def main() -> None:
     parser.add_argument(
         "--metrics", default="key_restoration,forced_choice,relearn_ab", help="single registered metrics to add"
     )
+    parser.add_argument(
+        "--baselines", default=",".join(BASELINES), help="baseline rows (original, oracle; '' for none)"
+    )
     parser.add_argument("--resume", action="store_true", help="keep the rows of oracle_table_runs.csv")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -79,7 +83,8 @@ def main() -> None:
     bench = EntityBench.from_world(ew)
     for name, oracle in oracles.items():
         acceptance.append({"forget_set": name, **oracle_acceptance(ew, oracle), **oracle.info["timings"]})
-        todo = [label for label in [*BASELINES, *args.methods.split(",")] if (name, label) not in finished]
+        labels = [b for b in args.baselines.split(",") if b] + args.methods.split(",")
+        todo = [label for label in labels if (name, label) not in finished]
 
         def save(row: dict, forget_set: str = name) -> None:
             runs.append({"forget_set": forget_set, "model": row["method"], **row})

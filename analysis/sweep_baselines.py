@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 from tables import markdown
 
-from irunlearn import load_world
-from irunlearn.methods import forget
+import irunlearn
+from irunlearn import EntityBench, load_world
 from irunlearn.world.recognition import recognize_world
-from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
+from irunlearn.world.tasks import resolve_targets
 
 RESULTS = Path(__file__).parent / "results"
+SHOWN = ("stop_reason", "steps", "forget_acc", "retain_acc", "ppl_ratio", "probe_p_known_sae")
 GRID = {
     "grad_ascent": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)],
     "grad_diff": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)],
@@ -36,32 +37,24 @@ def main() -> None:
     args = parser.parse_args()
     ew = load_world()
     recognizer, _ = recognize_world(ew, progress=False)
-    task = world_task(ew, resolve_targets(ew, n_random=1, seed=100), recognizer)
-    evaluator = world_evaluator(ew, task, seed=100)
+    bench = EntityBench.from_world(ew)
+    target = resolve_targets(ew, n_random=1, seed=100)[0]
     rows = []
     for method, grid in ((m, GRID[m]) for m in args.methods.split(",")):
         for settings in grid:
-            result = forget(ew.model, ew.sae, task, method=method, progress=False, **settings)
-            summary, _ = evaluator.evaluate(result.model)
-            rows.append(
-                {
-                    "method": method,
-                    **settings,
-                    "stop_reason": result.stop_reason,
-                    "steps": result.steps,
-                    "forget_acc": summary["forget_acc"],
-                    "retain_acc": summary["retain_acc"],
-                    "ppl_ratio": summary["ppl_ratio"],
-                    "probe_p_known_sae": summary["probe_p_known_sae"],
-                }
-            )
+            results = irunlearn.run(
+                bench, ew.model, ew.sae, [method], [target.name], recognizer=recognizer, genuineness=False,
+                progress=False, **settings,
+            )  # fmt: skip
+            summary = results.summary.iloc[0]
+            rows.append({"method": method, **settings} | {key: summary[key] for key in SHOWN})
             print(rows[-1], flush=True)
     sweep = pd.DataFrame(rows)
     ok = sweep[sweep["forget_acc"] <= 0.05]
     best = ok.loc[ok.groupby("method")["retain_acc"].idxmax()] if len(ok) else ok
     RESULTS.mkdir(exist_ok=True)
     text = (
-        f"# Baseline sweep (validation target {task.targets[0].name!r})\n\n"
+        f"# Baseline sweep (validation target {target.name!r})\n\n"
         + markdown(sweep)
         + "\n\n## Chosen (forget_acc ≤ 0.05, best retain_acc)\n\n"
         + markdown(best)

@@ -28,11 +28,13 @@ def oracle_run(ew, recognizer):
     oracle = load_oracle("forget01", ew)
     bench = EntityBench.from_world(ew)
     names = [p.name for p in oracle.forget]
+    seen: list[dict] = []
     results = run(
         bench, ew.model, ew.sae, ["sae_guided"], names, genuineness=False, recognizer=recognizer,
         n_retain_eval=20, progress=False, max_steps=4, oracle=oracle, baselines=[ORIGINAL, ORACLE],
-        metrics=["forget_quality", "key_restoration"],
+        metrics=["forget_quality", "key_restoration"], on_row=seen.append,
     )  # fmt: skip
+    assert [row["run"] for row in seen] == list(results.summary["run"])  # each row as it was made
     evaluator = bench.evaluator(ew.model, ew.sae, bench.task(ew.model, bench.targets(names), recognizer), 20)
     return oracle, evaluator, results
 
