@@ -85,6 +85,8 @@ def main() -> None:
         acceptance.append({"forget_set": name, **oracle_acceptance(ew, oracle), **oracle.info["timings"]})
         labels = [b for b in args.baselines.split(",") if b] + args.methods.split(",")
         todo = [label for label in labels if (name, label) not in finished]
+        if not todo:
+            continue
 
         def save(row: dict, forget_set: str = name) -> None:
             runs.append({"forget_set": forget_set, "model": row["method"], **row})
@@ -108,7 +110,7 @@ def main() -> None:
         )
     runs = pd.DataFrame(runs)
     shown = [c for c in SHOWN if c in runs.columns]
-    deep = [c for m in metrics_in("depth") for c in m.columns if c in runs.columns and c not in shown]
+    deep = list(dict.fromkeys(c for m in metrics_in("depth") for c in m.columns if c in runs and c not in shown))
     text = (
         "# Against the oracle (embedded world)\n\nProduced by `python analysis/oracle_table.py`: each standard "
         f"forget set forgotten by every method (default settings, seed {SEED}) and scored by one evaluator "

@@ -649,6 +649,9 @@ def register_relearn_metric(
     curve's checkpoints), the attacker's `lrs` and the steps `reported` as columns
     (`relearn_{attack}_{k}`, `_stranger`, `_oracle`).
 
+    Protocols name their columns alike (`relearn_half_25` is attack (a) at 25 steps in any of them), so
+    scoring two protocols on one row keeps the later one's values.
+
     The references — the original model for strangers given the targets' facts, and the evaluator's oracle
     — are the same for every edit of one task, so their curves are computed once per (protocol, reference
     weights, targets, seed) in a process and reused for the next edit.

@@ -187,6 +187,8 @@ def run(
     checked = [get_metric(name) for name in metrics]
     if not seeds:
         raise ValueError("Give at least one seed.")
+    if not methods and not baselines:
+        raise ValueError("Nothing to run: give at least one method (or a baseline such as 'original').")
     if unknown := [b for b in baselines if b not in BASELINES]:
         raise ValueError(f"Unknown baseline(s) {unknown}; choose from {BASELINES}.")
     if oracle is None and (ORACLE in baselines or any("oracle" in m.needs for m in checked)):

@@ -77,6 +77,8 @@ def test_an_oracle_is_refused_for_other_targets_and_oracle_metrics_without_one(e
         run(bench, ew.model, ew.sae, ["sae_guided"], other, recognizer=recognizer, oracle=oracle, progress=False)
     with pytest.raises(ValueError, match="need an oracle"):
         run(bench, ew.model, ew.sae, [], other, recognizer=recognizer, metrics=["forget_quality"], progress=False)
+    with pytest.raises(ValueError, match="Nothing to run"):
+        run(bench, ew.model, ew.sae, [], other, recognizer=recognizer, progress=False)
     with pytest.raises(ValueError, match="Unknown baseline"):
         run(bench, ew.model, ew.sae, [], other, recognizer=recognizer, baselines=["retrained"], progress=False)
 
