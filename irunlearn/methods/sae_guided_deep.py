@@ -378,7 +378,7 @@ class _PrefixLines:
         swapped_tokens, _ = encode_lines(tokenizer, swapped, model.cfg.n_ctx, task.prepend_bos, False, device=device)
         rows = torch.tensor([r for r, cols in enumerate(positions) for _ in cols], device=device)
         cols = torch.tensor([c for cols in positions for c in cols], device=device)
-        lines_ = cls(hook, tokens, mask, swapped_tokens, rows, cols, torch.empty(0))
+        lines_ = cls(hook, tokens, mask, swapped_tokens, rows, cols, torch.empty(0, device=device))
         with torch.no_grad():
             lines_.reference = lines_.forward(model, lines_.states(model), list(range(len(lines)))).log_softmax(-1)
         return lines_
