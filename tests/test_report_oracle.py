@@ -76,7 +76,7 @@ def test_an_oracle_is_refused_for_other_targets_and_oracle_metrics_without_one(e
     with pytest.raises(ValueError, match="only for its own forget set"):
         run(bench, ew.model, ew.sae, ["sae_guided"], other, recognizer=recognizer, oracle=oracle, progress=False)
     with pytest.raises(ValueError, match="need an oracle"):
-        run(bench, ew.model, ew.sae, [], other, recognizer=recognizer, metrics=["forget_quality"], progress=False)
+        run(bench, ew.model, ew.sae, ["sae_guided"], other, recognizer=recognizer, metrics=["forget_quality"])
     with pytest.raises(ValueError, match="Nothing to run"):
         run(bench, ew.model, ew.sae, [], other, recognizer=recognizer, progress=False)
     with pytest.raises(ValueError, match="Unknown baseline"):
