@@ -93,7 +93,7 @@ def run_one(ew, bench, recognizer, targets, method: str, indistinguishability: b
             [t.name for t in targets],
             recognizer=recognizer,
             genuineness=False,
-            metrics=list(INDISTINGUISHABILITY[:1]) if indistinguishability else [],
+            metrics=["indistinguishability"] if indistinguishability else [],
             progress=False,
             track_answers=True,
             **overrides,

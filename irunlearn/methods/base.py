@@ -546,6 +546,11 @@ class AnswerBatch:
         answer_mask = (positions[None, :] + 1 >= starts[:, None]) & mask[:, 1:]
         return cls(tokens, mask, answer_mask, facts["entity"].tolist())
 
+    def select(self, index: Int[torch.Tensor, " k"]) -> AnswerBatch:
+        """The lines at `index`, in that order."""
+        entity = [self.entity[r] for r in index.tolist()]
+        return AnswerBatch(self.tokens[index], self.mask[index], self.answer_mask[index], entity)
+
     def answer_nll(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
         """Summed NLL of each row's answer tokens."""
         return (token_nll(logits, self.tokens, self.mask) * self.answer_mask).sum(-1)

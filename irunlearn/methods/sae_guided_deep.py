@@ -47,7 +47,7 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
-from irunlearn.activations import stop_layer
+from irunlearn.activations import patched_logits, stop_layer
 from irunlearn.entities import UNKNOWN_ANSWER, attribute_values
 from irunlearn.lm import encode_lines
 from irunlearn.methods.base import AnswerBatch, ForgetTask, StepOutput, kl_to_reference
@@ -85,11 +85,7 @@ class NamedFacts:
         name_rows, name_cols, name_offsets, question_rows, question_cols = [], [], [], [], []
         bos = int(prepend_bos)
         for row, (prompt, name) in enumerate(zip(facts["prompt"], facts["entity"], strict=True)):
-            start = prompt.find(name)
-            if start < 0:
-                raise ValueError(f"Entity {name!r} does not occur in prompt {prompt!r}.")
-            _, first = _last_token_covering(model.tokenizer, prompt, start + 1)
-            _, last = _last_token_covering(model.tokenizer, prompt, start + len(name))
+            _, first, last = _name_span(model.tokenizer, prompt, name)
             for col in range(first, last + 1):
                 name_rows.append(row)
                 name_cols.append(col + bos)
@@ -118,12 +114,7 @@ class NamedFacts:
     def name_tokens_of(self, index: Int[torch.Tensor, " k"]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For the lines at `index` (in that order): which name tokens they hold (a mask over `name_rows`),
         and those tokens' (row, col) renumbered to the selection."""
-        index = index.to(self.name_rows.device)
-        kept = torch.isin(self.name_rows, index)
-        renumber = torch.full((len(self.batch.tokens),), -1, device=index.device).index_copy(
-            0, index, torch.arange(len(index), device=index.device)
-        )
-        return kept, renumber[self.name_rows[kept]], self.name_cols[kept]
+        return _select_positions(self.name_rows, self.name_cols, index, len(self.batch.tokens))
 
 
 @dataclass
@@ -256,21 +247,12 @@ class SAEGuidedDeep(SAEGuided):
     def _deep_step(self, model: HookedTransformer) -> StepOutput:
         cfg = self.config
         rows = self._target_draw()
-        tokens = self.idk.batch.tokens[rows]
-        answer_mask = self.idk.batch.answer_mask[rows]
+        sub = self.idk.batch.select(rows)
         kept, name_rows, name_cols = self.idk.name_tokens_of(rows)
         hook = self.key_hooks[self.deep_step % len(self.key_hooks)]
-        original_key = self.original_keys[hook][kept]
-
-        def restore_key(activation: torch.Tensor, hook) -> torch.Tensor:
-            activation = activation.clone()
-            activation[name_rows, name_cols] = original_key
-            return activation
-
-        sub = AnswerBatch(tokens, self.idk.batch.mask[rows], answer_mask, [self.idk.batch.entity[r] for r in rows])
-        n_answer = answer_mask.sum()
-        logits = model(tokens, return_type="logits")
-        patched = model.run_with_hooks(tokens, fwd_hooks=[(hook, restore_key)], return_type="logits")
+        n_answer = sub.answer_mask.sum()
+        logits = model(sub.tokens, return_type="logits")
+        patched = patched_logits(model, sub.tokens, hook, name_rows, name_cols, self.original_keys[hook][kept])
         loss_idk = sub.answer_nll(logits).sum() / n_answer
         loss_idk_key = sub.answer_nll(patched).sum() / n_answer
         _, lm_rows = self._retain_draw()
@@ -364,10 +346,9 @@ class _PrefixLines:
         for i, row in enumerate(facts.itertuples()):
             target = names[i % len(names)]
             n = shared[target]
-            start = row.prompt.find(row.entity)
-            if len(spans[row.entity]) <= n or start < 0:  # the person's own last name token must stay theirs
+            if len(spans[row.entity]) <= n:  # the person's own last name token must stay theirs
                 continue
-            _, first = _last_token_covering(tokenizer, row.prompt, start + 1)
+            _, first, _ = _name_span(tokenizer, row.prompt, row.entity)
             lines.append(f"{row.prompt} {row.answer}")
             swapped.append(row.prompt.replace(row.entity, target, 1))
             positions.append([first + bos + k for k in range(n)])
@@ -394,17 +375,8 @@ class _PrefixLines:
     ) -> Float[torch.Tensor, "batch pos vocab"]:
         """Logits of the lines at `index` with `states` patched in at their prefix positions."""
         index_t = torch.tensor(index, device=self.rows.device)
-        kept = torch.isin(self.rows, index_t)
-        renumber = {row: i for i, row in enumerate(index)}
-        rows = torch.tensor([renumber[r] for r in self.rows[kept].tolist()], device=self.rows.device)
-        cols, values = self.cols[kept], states[kept]
-
-        def patch(activation: torch.Tensor, hook) -> torch.Tensor:
-            activation = activation.clone()
-            activation[rows, cols] = values
-            return activation
-
-        return model.run_with_hooks(self.tokens[index_t], fwd_hooks=[(self.hook, patch)], return_type="logits")
+        kept, rows, cols = _select_positions(self.rows, self.cols, index_t, len(self.tokens))
+        return patched_logits(model, self.tokens[index_t], self.hook, rows, cols, states[kept])
 
     def kl(self, model: HookedTransformer, index: list[int]) -> Float[torch.Tensor, ""]:
         """KL of the edit's patched lines at `index` to the original's, over their tokens."""
@@ -413,12 +385,34 @@ class _PrefixLines:
         return kl_to_reference(logits, self.reference[index_t], self.mask[index_t])
 
 
-def _name_tokens(tokenizer, prompt: str, name: str) -> list[int]:
-    """The token ids of `name` as tokenized inside `prompt`."""
+def _name_span(tokenizer, prompt: str, name: str) -> tuple[list[int], int, int]:
+    """`prompt`'s token ids and the indices of the first and last token of `name` in it (its first
+    occurrence; no BOS counted)."""
     start = prompt.find(name)
+    if start < 0:
+        raise ValueError(f"Entity {name!r} does not occur in prompt {prompt!r}.")
     ids, first = _last_token_covering(tokenizer, prompt, start + 1)
     _, last = _last_token_covering(tokenizer, prompt, start + len(name))
+    return ids, first, last
+
+
+def _name_tokens(tokenizer, prompt: str, name: str) -> list[int]:
+    """The token ids of `name` as tokenized inside `prompt`."""
+    ids, first, last = _name_span(tokenizer, prompt, name)
     return ids[first : last + 1]
+
+
+def _select_positions(
+    rows: Int[torch.Tensor, " n"], cols: Int[torch.Tensor, " n"], index: Int[torch.Tensor, " k"], n_lines: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of the positions (`rows`, `cols`) over `n_lines` lines, those on the lines at `index` (a mask over
+    them) and their (row, col) with rows renumbered to the selection's order."""
+    index = index.to(rows.device)
+    kept = torch.isin(rows, index)
+    renumber = torch.full((n_lines,), -1, device=index.device).index_copy(
+        0, index, torch.arange(len(index), device=index.device)
+    )
+    return kept, renumber[rows[kept]], cols[kept]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -478,11 +472,8 @@ class _ValueChoices:
         """Mean over the questions at `rows` (with values to rank) of KL(strangers' ranking ‖ the model's)."""
         rows = [r for r in rows if len(self.groups[r])]
         lines = torch.cat([self.groups[r] for r in rows])
-        logits = model(self.batch.tokens[lines], return_type="logits")
-        sub = AnswerBatch(
-            self.batch.tokens[lines], self.batch.mask[lines], self.batch.answer_mask[lines], [""] * len(lines)
-        )
-        logprob = -sub.answer_nll(logits)
+        sub = self.batch.select(lines)
+        logprob = -sub.answer_nll(model(sub.tokens, return_type="logits"))
         total, start = logprob.new_zeros(()), 0
         for r in rows:
             n = len(self.groups[r])
