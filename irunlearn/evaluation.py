@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pandas as pd
 import torch
@@ -26,6 +27,8 @@ from irunlearn.probes import auroc
 from irunlearn.prompts import Template, fact_questions, per_entity_accuracy
 from irunlearn.qa import answer_logprob, greedy_matches, greedy_token_ids
 from irunlearn.recognition import Recognizer
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Evaluator:
         self.baseline = self._behaviour(self.model)
         self._generations_before = self._generations(self.model)
         self._relearn_reference: float | None = None
+        self._references: dict[str, object] = {}
 
     def accuracy(self, model: HookedTransformer, questions: pd.DataFrame) -> pd.Series:
         """Per-entity fraction of `questions` (`fact_questions`) that `model` answers right, by the judge."""
@@ -189,6 +193,13 @@ class Evaluator:
     def indistinguishability(self, model: HookedTransformer) -> dict[str, float]:
         """`indistinguishability` (SAE probe) and `indistinguishability_resid` (residual probe) alone."""
         return self.metrics(model, ["indistinguishability"])
+
+    def reference(self, key: str, compute: Callable[[], T]) -> T:
+        """A metric's reference value (e.g. strangers' answers on the original model), computed by `compute`
+        the first time `key` is asked for and reused for every model this evaluator scores."""
+        if key not in self._references:
+            self._references[key] = compute()
+        return self._references[key]
 
     def relearn_reference(self) -> float:
         """What relearning reaches from nothing: the same fine-tuning on the original model for genuinely
@@ -347,4 +358,4 @@ def repetition_rate(texts: Sequence[list[int]]) -> float:
 # choice, relearning attacks, name-sharers' retain; group "depth") build on this module and register
 # themselves on import.
 import irunlearn.depth  # noqa: E402, F401
-from irunlearn import oracle_metrics  # noqa: E402, F401
+from irunlearn import answer_metrics, oracle_metrics  # noqa: E402, F401

@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Bool
 from transformer_lens import HookedTransformer
 
-from irunlearn.entities import answer_matches
+from irunlearn.entities import answer_matches, normalize_answer
 from irunlearn.qa import greedy_generate, greedy_matches
 from irunlearn.real.wikidata import ATTRIBUTES, MULTI_SEP, name_matches
 
@@ -73,6 +73,12 @@ class Judge(ABC):
     def correct(
         self, model: HookedTransformer, questions: pd.DataFrame, prepend_bos: bool
     ) -> Bool[torch.Tensor, " n"]: ...
+
+    def states(self, text: str, entity: str, attribute: str, value: str) -> bool:
+        """Whether free text (an open answer, a generation) states `entity`'s `attribute` as `value`: here, the
+        value's normalised words appear in the text's, in order (a judge with per-attribute rules refines it)."""
+        words, wanted = f" {normalize_answer(text)} ", normalize_answer(value)
+        return bool(wanted) and f" {wanted} " in words
 
 
 @dataclass
@@ -141,9 +147,14 @@ class LenientJudge(Judge):
             return False
         if answer_matches(said, expected):
             return True
+        return self.states(said, entity, attribute, expected)
+
+    def states(self, text: str, entity: str, attribute: str, value: str) -> bool:
+        """Whether free text names `value` or the entity's gold value for `attribute`, by the attribute's check
+        (no refusal test: a long answer may hedge and still state the fact)."""
         gold = self.gold.get(entity, {}).get(attribute)
-        accepted = expected if gold is None else f"{expected}{MULTI_SEP}{gold}"
-        return self.checks.get(attribute, name_matches)(said, accepted)
+        accepted = value if gold is None else f"{value}{MULTI_SEP}{gold}"
+        return self.checks.get(attribute, name_matches)(text, accepted)
 
 
 JUDGES: dict[str, type[Judge]] = {}
