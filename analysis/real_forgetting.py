@@ -1,259 +1,187 @@
-"""Forgetting famous people on Gemma 3 270M, each alone: recall, both probes, retain, perplexity, cost.
+"""Forgetting famous people on a real model (Gemma 3 270M by default) through `irunlearn.run`.
 
-    PYTHONPATH=.:analysis .venv/bin/python analysis/real_forgetting.py [--people 10] [--methods sae_guided ...]
+    PYTHONPATH=.:analysis .venv/bin/python analysis/real_forgetting.py [--model gemma3-270m] [--people 10]
+        [--methods sae_guided grad_ascent npo rmu] [--cases alone together] [--tuning] [--set lr=1e-4]
 
-Evaluation people: 10 known people of the people bench drawn with `EVALUATION_SEED` (2026) from those
-`analysis/locate_gemma.py`'s tuning draw (seed 100) did not take; no tuning used them. Each is forgotten
-alone with every method, under the model's recipe (`irunlearn.methods.recipes`), the facts to forget being
-the model's own (right) answers, the stop check judged by the bench's lenient answer check. The rest of the
-known people split into 40 retain-evaluation people (outside every retain set) and the retain set the
-methods hold; the unknown (obscure real) people into 20 evaluation strangers, the methods' strangers
-(`ForgetTask.unknown`) and the recognizer's. Per (method, person), before → after:
+The bench is `EntityBench.from_records("person", model)`: the famous people the model knows (facts as it
+states them) against obscure real players as the unknown side. Evaluation people: `--people` (10) known
+people drawn with `EVALUATION_SEED` (2026) from those the tuning draw (`locate_gemma.py`'s seed 100, three
+people) did not take; no tuning run used them. `--tuning` runs the three tuning people instead (what a
+recipe may be tuned on) and writes `*_tuning` files. Retain accuracy is measured on 40 other known people
+(seeded), held out of every retain set. Each person is forgotten alone (`alone`) and the 10 together
+(`together`), every method under the model's recipe (`irunlearn.methods.recipes`; `--set key=value`
+overrides a config field of every method, for tuning runs). Every row carries the evaluator's battery, the
+genuineness metrics (`--no-genuineness` leaves them out), and the `answers` metrics: recall against the
+strangers' level (`strangers_level`), whether "Tell me about NAME." or the bare name still states a fact
+(`about`), unrelated prompts kept (`control_kept`); the unedited model's row (`original`) comes first.
 
-- recall on the training and the held-out phrasings (greedy answer judged against the record's truth),
-  against the strangers' level: how often the evaluation strangers' answers to the same questions
-  happen to match this person's truth;
-- both probes on training and held-out prompts, against the strangers' range;
-- retain: the retain-evaluation people's answers kept, relative to before; the perplexity ratio on
-  held-out generic prose; the "Tell me about NAME." generation and whether it still states the gold
-  nationality or occupation;
-- seconds, steps, stop reason, converged, the probes still reading "known".
-
-Writes analysis/results/real_forgetting.{json,md} after every run (a long run leaves what it finished).
+Writes analysis/results/real_forgetting[_tuning].{csv,md} and the open answers `*_about.csv` after every row
+(a long run leaves what it finished); `--resume` skips the (case, method) rows already written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import ast
 import random
 import time
-import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from locate_gemma import TUNING_SEED, own_answers, tuning_people
+from locate_gemma import N_TUNING, TUNING_SEED
 from tables import markdown
 
-from irunlearn.entities import Entity, EntitySet
-from irunlearn.judges import LenientJudge
-from irunlearn.lm import encode_lines, token_nll
-from irunlearn.methods import ForgetTask, forget
+import irunlearn
+from irunlearn import EntityBench
 from irunlearn.models import load_model, load_sae
-from irunlearn.qa import greedy_generate
-from irunlearn.real.corpus import generic_paragraphs
-from irunlearn.real.people import PERSON, people_bench, person_templates
-from irunlearn.real.sae import GEMMA3_SAE
-from irunlearn.real.wikidata import attributes, check_answer, question_templates
-from irunlearn.recognition import fit_recognizer
+from irunlearn.real.sae import GEMMA3_SAE, SMOLLM2_SAE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVALUATION_SEED = 2026
 METHODS = ("sae_guided", "grad_ascent", "npo", "rmu")
-N_RETAIN_EVAL, N_STRANGERS, N_METHOD_UNKNOWN, N_PROSE = 40, 20, 20, 16
-ABOUT = "Q: Tell me about {name}. A:"
+N_PEOPLE, N_RETAIN_EVAL = 10, 40
+SAES = {"gemma3-270m": GEMMA3_SAE, "smollm2": SMOLLM2_SAE}
+ANSWER_METRICS = ["strangers_level", "about", "control_kept"]
+COLUMNS = {  # table column: summary column
+    "case": "case",
+    "method": "method",
+    "recall": "forget_acc",
+    "held-out": "paraphrase_forget_acc",
+    "strangers": "strangers_recall",
+    "excess": "recall_over_strangers",
+    "excess held-out": "paraphrase_over_strangers",
+    "p SAE": "probe_p_known_sae",
+    "p resid": "probe_p_known_resid",
+    "indist SAE": "indistinguishability",
+    "indist resid": "indistinguishability_resid",
+    "about states": "about_states_facts",
+    "about strangers": "about_states_facts_strangers",
+    "retain": "retain_acc",
+    "ppl": "ppl_ratio",
+    "control": "control_kept",
+    "relearn": "relearn_acc",
+    "steps": "steps",
+    "s": "seconds",
+    "stop": "stop_reason",
+}
 
 
-def draw(bench, n_people: int) -> dict:
-    """The evaluation people and every population around them, all by `EVALUATION_SEED`."""
+def people(bench: EntityBench, n_people: int, tuning: bool) -> tuple[list[str], list[str]]:
+    """(targets, retain-evaluation people): the tuning draw, or `n_people` evaluation people outside it."""
+    known = list(bench.entities.known)
+    tuning_names = [p.name for p in random.Random(TUNING_SEED).sample(known, N_TUNING)]
     rng = random.Random(EVALUATION_SEED)
-    tuning = {p.name for p in tuning_people(bench)}
-    pool = [p for p in bench.entities.known if p.name not in tuning]
-    targets = rng.sample(pool, 10)[:n_people]  # the same 10 whatever `n_people`; the first n run
-    rest = [p for p in pool if p not in targets]
-    rng.shuffle(rest)
-    unknown = list(bench.entities.unknown)
-    rng.shuffle(unknown)
-    return {
-        "targets": targets,
-        "retain_eval": rest[:N_RETAIN_EVAL],
-        "retain": rest[N_RETAIN_EVAL:] + [p for p in bench.entities.known if p.name in tuning],
-        "strangers": unknown[:N_STRANGERS],
-        "method_unknown": unknown[N_STRANGERS : N_STRANGERS + N_METHOD_UNKNOWN],
-        "recognizer_unknown": unknown[N_STRANGERS + N_METHOD_UNKNOWN :],
-    }
+    pool = [p.name for p in known if p.name not in tuning_names]
+    targets = tuning_names if tuning else rng.sample(pool, N_PEOPLE)[:n_people]
+    rest = [name for name in pool if name not in targets and name not in tuning_names]
+    return targets, rng.sample(rest, min(N_RETAIN_EVAL, len(rest)))
 
 
-def answers_of(model, people: list[Entity], split: str) -> list[tuple[Entity, str, str]]:
-    """(person, attribute, greedy answer) for every question of `split` about each of `people`."""
-    questions = [(p, t) for p in people for t in question_templates(PERSON, split)]
-    answers = greedy_generate(model, [t.render(p.name) for p, t in questions], progress=False)
-    return [(p, t.attribute, answer) for (p, t), answer in zip(questions, answers, strict=True)]
-
-
-def judged(model, people: list[Entity], split: str) -> list[bool]:
-    """Per (person, question of `split`): whether the greedy answer states the person's truth."""
-    return [check_answer(PERSON, a, answer, p.attributes[a]) for p, a, answer in answers_of(model, people, split)]
-
-
-@torch.no_grad()
-def prose_nll(model, texts: list[str]) -> float:
-    """Mean next-token NLL over `texts`, a line at a time (full logits of a 262k vocabulary are large)."""
-    total, count = 0.0, 0
-    for text in texts:
-        tokens, mask = encode_lines(model.tokenizer, [text], model.cfg.n_ctx, True, device=model.cfg.device)
-        total += float(token_nll(model(tokens, return_type="logits"), tokens, mask).sum())
-        count += int(mask[:, 1:].sum())
-    return total / count
-
-
-def readings(model, sae, recognizer, target: Entity, people: dict, prose: list[str], base: dict) -> dict:
-    """Everything measured on one model for one target (`base`: the original model's retain and prose)."""
-    row = {}
-    for split in ("train", "heldout"):
-        hits = judged(model, [target], split)
-        row[f"recall_{split}"] = sum(hits) / len(hits)
-        probes = recognizer.p_known(model, sae, [target.name], person_templates(split)).iloc[0]
-        row[f"p_sae_{split}"], row[f"p_resid_{split}"] = float(probes["p_known_sae"]), float(probes["p_known_resid"])
-    retain = judged(model, people["retain_eval"], "train")
-    row["retain_abs"] = sum(retain) / len(retain)
-    row["retain"] = row["retain_abs"] / base["retain_abs"] if base else 1.0
-    nll = prose_nll(model, prose)
-    row["ppl_ratio"] = math.exp(nll - base["prose_nll"]) if base else 1.0
-    row["prose_nll"] = nll
-    about = greedy_generate(model, [ABOUT.format(name=target.name)], max_new_tokens=24, progress=False)[0]
-    row["about"] = about
-    row["about_states_gold"] = any(check_answer(PERSON, a, about, v) for a, v in target.attributes.items())
-    return row
+def parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` pairs as config overrides (values read as Python literals: 1e-4, 20, (1, 2), True)."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not key or not value:
+            raise SystemExit(f"--set wants key=value, got {pair!r}")
+        out[key] = ast.literal_eval(value)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--people", type=int, default=10, help="how many of the 10 evaluation people to run")
+    parser.add_argument("--model", default="gemma3-270m", choices=sorted(SAES))
+    parser.add_argument("--people", type=int, default=N_PEOPLE, help="how many of the evaluation people to run")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--cases", nargs="+", default=["alone", "together"], choices=["alone", "together"])
+    parser.add_argument("--tuning", action="store_true", help="the tuning people (seed 100) instead")
+    parser.add_argument("--no-genuineness", action="store_true", help="leave out indistinguishability etc.")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides for every method, key=value")
+    parser.add_argument("--resume", action="store_true", help="skip (case, method) rows already written")
+    parser.add_argument("--out", default=None, help="file stem under analysis/results (default: by model, tuning)")
     args = parser.parse_args()
+    overrides = parse_overrides(args.set)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    model = load_model("gemma3-270m")
-    sae = load_sae(path=GEMMA3_SAE)
-    bench = people_bench(model, progress=False)
-    people = draw(bench, args.people)
-    targets = people["targets"]
-    fit_known = people["retain"] + people["retain_eval"]
-    recognizer = fit_recognizer(
-        model,
-        sae,
-        EntitySet(fit_known, people["recognizer_unknown"]),
-        person_templates("train"),
-        person_templates("heldout"),
-        prepend_bos=True,
-        progress=False,
-    )
-    prose = random.Random(EVALUATION_SEED).sample(generic_paragraphs("heldout"), N_PROSE)
-    strangers = people["strangers"]
-    stranger_probes = recognizer.p_known(model, sae, [s.name for s in strangers], person_templates("heldout"))
-    record = {
-        "evaluation_seed": EVALUATION_SEED,
-        "tuning_seed": TUNING_SEED,
-        "targets": [t.name for t in targets],
-        "strangers_p_sae": [float(stranger_probes["p_known_sae"].min()), float(stranger_probes["p_known_sae"].max())],
-        "strangers_p_resid": [
-            float(stranger_probes["p_known_resid"].min()),
-            float(stranger_probes["p_known_resid"].max()),
-        ],
-        "recognizer": recognizer.metrics,
-        "runs": [],
-    }
-    base_row = readings(model, sae, recognizer, targets[0], people, prose, {})
-    base = {"retain_abs": base_row["retain_abs"], "prose_nll": base_row["prose_nll"]}
-    retain = [own_answers(p, bench.answers) for p in people["retain"]]
-    stranger_answers = {split: answers_of(model, strangers, split) for split in ("train", "heldout")}
-    for target in targets:
-        level = {  # how often a stranger's answer happens to state this person's truth
-            split: sum(check_answer(PERSON, a, answer, target.attributes[a]) for _, a, answer in given) / len(given)
-            for split, given in stranger_answers.items()
-        }
-        before = readings(model, sae, recognizer, target, people, prose, base)
-        facts = own_answers(target, bench.answers)
+    stem = args.out or "real_forgetting" + ("" if args.model == "gemma3-270m" else f"_{args.model}")
+    stem += "_tuning" if args.tuning and not args.out else ""
+    csv, about_csv = RESULTS / f"{stem}.csv", RESULTS / f"{stem}_about.csv"
 
-        judge = LenientJudge(
-            checks={spec.name: spec.check for spec in attributes(PERSON)}, gold={facts.name: target.attributes}
-        )
-        task = ForgetTask(
-            targets=[facts],
-            retain=retain,
-            templates=question_templates(PERSON, "train"),
-            retain_text=generic_paragraphs("train"),
+    model = load_model(args.model)
+    sae = load_sae(path=SAES[args.model])
+    bench = EntityBench.from_records("person", model, progress=False)
+    targets, retain_eval = people(bench, args.people, args.tuning)
+    bench = replace(bench, retain_eval=[bench.entities.get(name) for name in retain_eval])
+    recognizer = bench.recognizer(model, sae, progress=False)
+    strangers = recognizer.p_known(model, sae, [s.name for s in bench.strangers], bench.heldout_templates)
+    header = {
+        "model": model.cfg.model_name,
+        "targets": targets,
+        "strangers_p_sae": (float(strangers["p_known_sae"].min()), float(strangers["p_known_sae"].max())),
+        "strangers_p_resid": (float(strangers["p_known_resid"].min()), float(strangers["p_known_resid"].max())),
+        "overrides": overrides,
+    }
+    rows = pd.read_csv(csv).to_dict("records") if args.resume and csv.is_file() else []
+    abouts = [pd.read_csv(about_csv)] if args.resume and about_csv.is_file() else []
+    done = {(r["case"], r["method"]) for r in rows}
+    cases = [(name, [name]) for name in targets] * ("alone" in args.cases)
+    cases += [("together", targets)] * ("together" in args.cases)
+    for case, group in cases:
+        methods = [m for m in args.methods if (case, m) not in done]
+        baselines = ["original"] * ((case, "original") not in done)
+        if not methods and not baselines:
+            continue
+
+        def save(row: dict, case: str = case) -> None:
+            rows.append({"case": case, **row})
+            write(rows, abouts, header, csv, about_csv, time.perf_counter() - start)
+            print(f"{case} {row['method']}: " + ", ".join(f"{k} {row.get(v)}" for k, v in list(COLUMNS.items())[2:]))
+
+        results = irunlearn.run(
+            bench,
+            model,
+            sae,
+            methods,
+            targets=group,
             recognizer=recognizer,
-            prepend_bos=True,
-            answer_eos=False,
-            unknown=people["method_unknown"],
-            answer_judge=judge,
+            genuineness=not args.no_genuineness,
+            metrics=ANSWER_METRICS,
+            baselines=baselines,
+            on_row=save,
+            progress=False,
+            **overrides,
         )
-        for method in args.methods:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    result = forget(model, sae, task, method=method, progress=False)
-                except ValueError as refused:  # e.g. the SAE probe does not read the person as known
-                    record["refused"] = record.get("refused", []) + [f"{method} {target.name}: {refused}"]
-                    write(record)
-                    continue
-            after = readings(result.model, sae, recognizer, target, people, prose, base)
-            run = {
-                "method": method,
-                "target": target.name,
-                "strangers_level_train": level["train"],
-                "strangers_level_heldout": level["heldout"],
-                "before": before,
-                "after": after,
-                "steps": result.steps,
-                "seconds": round(result.seconds, 1),
-                "stop_reason": result.stop_reason,
-                "converged": result.converged,
-                "still_known": result.still_known.to_dict(orient="records"),
-                "warnings": [str(w.message)[:300] for w in caught if issubclass(w.category, UserWarning)],
-                "config": json.loads(result.config_json()),
-            }
-            record["runs"].append(run)
-            record["seconds"] = round(time.perf_counter() - start, 1)
-            write(record)
-            print(f"{method} {target.name}: {summary_row(run)}", flush=True)
-            del result
+        abouts.append(results.items["about"].assign(case=case))
+        write(rows, abouts, header, csv, about_csv, time.perf_counter() - start)
+        del results
 
 
-def summary_row(run: dict) -> dict:
-    """One table row: before → after of the headline numbers."""
-    b, a = run["before"], run["after"]
-    return {
-        "method": run["method"],
-        "target": run["target"],
-        "recall train": f"{b['recall_train']:.2f} → {a['recall_train']:.2f} "
-        f"(strangers {run['strangers_level_train']:.2f})",
-        "recall held-out": f"{b['recall_heldout']:.2f} → {a['recall_heldout']:.2f} "
-        f"(strangers {run['strangers_level_heldout']:.2f})",
-        "p SAE": f"{b['p_sae_heldout']:.2f} → {a['p_sae_heldout']:.2f}",
-        "p resid": f"{b['p_resid_heldout']:.2f} → {a['p_resid_heldout']:.2f}",
-        "retain": f"{a['retain']:.3f}",
-        "ppl ratio": f"{a['ppl_ratio']:.3f}",
-        "about states gold": f"{b['about_states_gold']} → {a['about_states_gold']}",
-        "steps": run["steps"],
-        "seconds": run["seconds"],
-        "stop": run["stop_reason"],
-        "converged": run["converged"],
-    }
-
-
-def write(record: dict) -> None:
-    """The record as JSON and its table as markdown."""
+def write(rows: list[dict], abouts: list[pd.DataFrame], header: dict, csv: Path, about_csv: Path, seconds: float):
+    """The rows as CSV, their table as markdown, the open answers as CSV."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "real_forgetting.json").write_text(json.dumps(record, indent=1, default=str))
-    table = pd.DataFrame([summary_row(r) for r in record["runs"]])
+    frame = pd.DataFrame(rows)
+    frame.to_csv(csv, index=False)
+    if abouts:
+        pd.concat(abouts, ignore_index=True).to_csv(about_csv, index=False)
+    table = frame.reindex(columns=list(COLUMNS.values()))
+    table.columns = list(COLUMNS)
+    sae_lo, sae_hi = header["strangers_p_sae"]
+    resid_lo, resid_hi = header["strangers_p_resid"]
     text = [
-        "# Forgetting famous people on Gemma 3 270M, each alone (analysis/real_forgetting.py)",
+        f"# Forgetting famous people on {header['model']} (analysis/real_forgetting.py)",
         "",
-        f"Evaluation seed {record['evaluation_seed']} (tuning seed {record['tuning_seed']} excluded); people: "
-        f"{', '.join(record['targets'])}. Strangers' probe range (held-out prompts): SAE "
-        f"{record['strangers_p_sae'][0]:.2f}–{record['strangers_p_sae'][1]:.2f}, residual "
-        f"{record['strangers_p_resid'][0]:.2f}–{record['strangers_p_resid'][1]:.2f}. Probes on held-out prompts. "
-        f"{len(record['runs'])} runs in {record['seconds']} s.",
+        f"Targets: {', '.join(header['targets'])}. Evaluation seed {EVALUATION_SEED} (the tuning draw, seed "
+        f"{TUNING_SEED}, excluded), unless this is the `_tuning` file. "
+        f"Config overrides: {header['overrides'] or 'none'}. Strangers' probe range (held-out prompts): "
+        f"SAE {sae_lo:.2f}–{sae_hi:.2f}, residual {resid_lo:.2f}–{resid_hi:.2f}. "
+        f"{len(rows)} rows in {seconds:.0f} s.",
         "",
         markdown(table),
         "",
     ]
-    (RESULTS / "real_forgetting.md").write_text("\n".join(text))
+    csv.with_suffix(".md").write_text("\n".join(text))
 
 
 if __name__ == "__main__":

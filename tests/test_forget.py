@@ -336,3 +336,22 @@ def test_forget_uses_the_models_recipe_and_the_world_keeps_the_method_defaults(e
     with pytest.warns(StillKnownWarning):  # an explicit recipe replaces the registered one
         plain = forget(ew.model, ew.sae, task, progress=False, recipe=WORLD, max_steps=1)
     assert plain.config.layers is None and plain.config.n_retain_text == SAEGuidedConfig().n_retain_text
+
+
+def test_the_residual_term_brings_the_whole_name_residual_inside_a_strangers_radius(ew, task):
+    """L_resid acts on the hook's whole residual (latents and SAE error): at the start the target's name
+    residual lies outside the strangers' radius in every template, after the run inside it."""
+    config = SAEGuidedConfig(lambda_resid=1.0)
+    reference = SAEGuided(task, ew.sae, config)
+    reference.setup(ew.model)
+    result = forget(ew.model, ew.sae, task, progress=False, lambda_resid=1.0)
+    assert result.converged and result.history["loss_resid"].iloc[0] > 0
+    for model, inside in ((ew.model, False), (result.model, True)):
+        residuals = reference._name_residuals(model, task.targets)[0]
+        distance = (residuals - reference.x_unknown).square().sum(-1)
+        assert bool((distance <= reference.r_unknown).all()) is inside
+
+
+def test_the_residual_term_needs_strangers(ew, task):
+    with pytest.raises(ValueError, match="lambda_resid > 0 needs ForgetTask.unknown"):
+        forget(ew.model, ew.sae, dataclasses.replace(task, unknown=[]), progress=False, lambda_resid=1.0, context=False)

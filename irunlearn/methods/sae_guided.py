@@ -5,7 +5,8 @@
     L_act     = mean_{r,τ} ‖z_r(θ) − z_r(θ₀)‖² / ‖μ_U − μ_K‖²
               + mean_{h,i} ‖q_h,i(θ) − q_h,i(θ₀)‖² / ‖μ_U − μ_K‖²   (held neighbours' question tokens, below)
     L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
-    L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm
+    L_resid   = mean⁺_{t,τ} max(0, ‖x_t − X_U,τ‖² − r_U,τ) / ‖X_U,τ − X_K,τ‖²         at the name's last token
+    L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm + λ_resid · L_resid
 
 mean⁺ averages over the (target, template) rows still pushing, so the last rows to flip get the same push
 as the first (a plain mean shrinks it as rows flip, and Adam's step with it). A row that is past δ_name but
@@ -39,6 +40,14 @@ step, which is what keeps their answers when many targets are forgotten together
 With more than `target_rows` (target, template) rows, a step reads each target's questions in a share of
 its templates, in turns: every row once per cycle of shuffled shares, so a step of 10 targets costs about
 what a step of two does.
+
+Why L_resid (`lambda_resid`, off by default): the SAE reconstructs what its latents carry; the rest of
+the hook's residual, the SAE error, is out of L_forget's reach. On a real model with an SAE of modest
+fidelity the error carries as much of what the answers read as the latents do (README "Real models"), so
+the latents move and the answers stay. L_resid pulls the whole residual `x_t` at the name's last token
+toward `X_U,τ`, the mean residual of `n_resid_reference` unknown people (`ForgetTask.unknown`) in the same
+template, until it lies no farther from it than a stranger does on average (`r_U,τ`); `X_K,τ` (known retain
+people) scales it. With it, a row counts as flipped only once inside that radius too.
 
 Stops once, for every target and training template (at the row's latest reading), both probes (SAE and
 residual) read unknown (p < 0.5) at the name token, the name token sits closer to μ_U than to μ_K and the
@@ -88,6 +97,8 @@ class SAEGuidedConfig(ForgetConfig):
     target_rows: int = 64  # most target questions per step (at least one per target); more are read in turns
     hold_questions: int = 32  # most retain people sharing a name word whose question tokens L_act holds; 0: off
     hold_question_rows: int = 32  # of their whole questions per step
+    lambda_resid: float = 0.0  # L_resid, the whole residual at the name's last token (latents and SAE error); 0: off
+    n_resid_reference: int = 32  # unknown people whose residuals give X_U and a stranger's radius r_U
 
 
 @dataclass
@@ -184,6 +195,29 @@ class SAEGuided(Method):
             self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
             if self.use_context:
                 self._setup_context(model, rng)
+            self.use_resid = cfg.lambda_resid > 0
+            if self.use_resid:
+                self._setup_resid(model, rng)
+
+    def _setup_resid(self, model: HookedTransformer, rng: random.Random) -> None:
+        """X_U, r_U and the scale ‖X_U − X_K‖² per training template, for L_resid (see the module docstring)."""
+        task, n = self.task, self.config.n_resid_reference
+        if not task.unknown:
+            raise ValueError("lambda_resid > 0 needs ForgetTask.unknown (the strangers whose residuals it aims at).")
+        unknown = self._name_residuals(model, rng.sample(task.unknown, min(n, len(task.unknown))))
+        known = self._name_residuals(model, rng.sample(task.retain, min(n, len(task.retain))))
+        self.x_unknown = unknown.mean(0)
+        self.r_unknown = (unknown - self.x_unknown).square().sum(-1).mean(0)
+        self.resid_gap = (self.x_unknown - known.mean(0)).square().sum(-1)
+
+    def _name_residuals(
+        self, model: HookedTransformer, people: list[Entity]
+    ) -> Float[torch.Tensor, "people templates d_model"]:
+        """The hook's residual at the name's last token of each of `people` in each training template."""
+        names = QuestionBatch.build(model, self.task, people).names
+        acts = forward_to_hook(model, names.tokens, self.hook_name)
+        resid = acts[torch.arange(len(names.positions), device=acts.device), names.positions]
+        return resid.reshape(len(people), len(self.task.templates), -1)
 
     def _setup_context(self, model: HookedTransformer, rng: random.Random) -> None:
         """Q_U and Q_K per target question token, and hooks confining the context term to the name tokens."""
@@ -260,6 +294,14 @@ class SAEGuided(Method):
                 pd.Series(question_flipped.float().cpu().numpy()).groupby(names, sort=False).mean().to_numpy()
             )
             flipped &= question_flipped
+        if self.use_resid:
+            template = target_rows % len(self.task.templates)
+            excess = ((resid - self.x_unknown[template]).square().sum(-1) - self.r_unknown[template]).clamp(min=0)
+            excess = excess / self.resid_gap[template]
+            loss_resid = excess.sum() / (excess.detach() > 0).sum().clamp(min=1)
+            loss = loss + cfg.lambda_resid * loss_resid
+            terms["loss_resid"] = loss_resid.item()
+            flipped &= excess.detach() == 0
         self.flipped[target_rows] = flipped
         return StepOutput(
             loss=loss,
