@@ -10,8 +10,9 @@ people) did not take; no tuning run used them. `--tuning` runs the three tuning 
 recipe may be tuned on) and writes `*_tuning` files. Retain accuracy is measured on 40 other known people
 (seeded), held out of every retain set. Each person is forgotten alone (`alone`) and the 10 together
 (`together`), every method under the model's recipe (`irunlearn.methods.recipes`; `--set key=value`
-overrides a config field of every method, for tuning runs). Every row carries the evaluator's battery, the
-genuineness metrics (`--no-genuineness` leaves them out), and the `answers` metrics: recall against the
+overrides a config field of every method, for tuning runs). Every row carries the evaluator's battery,
+indistinguishability from strangers by both probes (`--genuineness`: the whole genuineness battery, whose
+relearning fine-tunes the whole model, minutes a row on a CPU), and the `answers` metrics: recall against the
 strangers' level (`strangers_level`), whether "Tell me about NAME." or the bare name still states a fact
 (`about`), unrelated prompts kept (`control_kept`); the unedited model's row (`original`) comes first.
 
@@ -97,7 +98,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--cases", nargs="+", default=["alone", "together"], choices=["alone", "together"])
     parser.add_argument("--tuning", action="store_true", help="the tuning people (seed 100) instead")
-    parser.add_argument("--no-genuineness", action="store_true", help="leave out indistinguishability etc.")
+    parser.add_argument(
+        "--genuineness", action="store_true", help="the whole genuineness battery (relearning: minutes a row)"
+    )
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every method, key=value")
     parser.add_argument("--resume", action="store_true", help="skip (case, method) rows already written")
     parser.add_argument("--out", default=None, help="file stem under analysis/results (default: by model, tuning)")
@@ -146,8 +149,8 @@ def main() -> None:
             methods,
             targets=group,
             recognizer=recognizer,
-            genuineness=not args.no_genuineness,
-            metrics=ANSWER_METRICS,
+            genuineness=args.genuineness,
+            metrics=ANSWER_METRICS + ["indistinguishability"] * (not args.genuineness),
             baselines=baselines,
             on_row=save,
             progress=False,

@@ -69,9 +69,10 @@ _LARGE_VOCABULARY = {"guard_lines": 8}
 # carried to the question tokens by block 12); an objective at the SAE's hook (block 6) reaches blocks 0-6
 # only, all of which lie inside that window, so the window is every block up to the hook.
 # lr: on tuning person Chuck Norris (seed 100) one Adam step at the world's 5e-4 took the held retain answers
-# from 1.0 to 0.0 (retain KL 1.12); 1e-4 flipped the SAE probe (1.00 -> 0.008) in one step with them kept.
+# from 1.0 to 0.0 (retain KL 1.12); at 1e-4 the guard rolled the run back at step 1 too (0.125 of them kept);
+# 3e-5 ran its 40 steps with retain 0.99 (analysis/results/real_forgetting_tuning_l0.md).
 _GEMMA3_270M = {
-    "sae_guided": _SMALL_REAL_MODEL["sae_guided"] | _LARGE_VOCABULARY | {"retain_pool": 2, "lr": 1e-4},
+    "sae_guided": _SMALL_REAL_MODEL["sae_guided"] | _LARGE_VOCABULARY | {"retain_pool": 2, "lr": 3e-5},
     "grad_ascent": _SMALL_REAL_MODEL["grad_ascent"] | _LARGE_VOCABULARY,
     "npo": {"max_steps": 30, "n_retain_text": 8} | _LARGE_VOCABULARY,
     "rmu": {"max_steps": 30, "n_retain_text": 8} | _LARGE_VOCABULARY,
