@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer
 from irunlearn.entities import Entity
 from irunlearn.evaluation import Evaluator
 from irunlearn.metrics import MetricResult, register_metric
-from irunlearn.prompts import Template, fact_questions
+from irunlearn.prompts import Template, fact_questions, names_in_place
 from irunlearn.qa import greedy_generate
 
 N_LEVEL_STRANGERS = 20  # strangers whose answers to a target's questions give its chance level
@@ -43,13 +43,8 @@ def _level_strangers(evaluator: Evaluator) -> list[Entity]:
 def _strangers_asked(evaluator: Evaluator, templates: list[Template]) -> pd.DataFrame:
     """Every target question with each level stranger's name in the target's place, judged as the target's
     (entity: the target; answer: the target's fact)."""
-    questions = fact_questions(evaluator.targets, templates)
-    rows = [
-        {**q, "prompt": q["prompt"].replace(q["entity"], stranger.name)}
-        for q in questions.to_dict("records")
-        for stranger in _level_strangers(evaluator)
-    ]
-    return pd.DataFrame(rows, columns=questions.columns)
+    strangers = [s.name for s in _level_strangers(evaluator)]
+    return names_in_place(fact_questions(evaluator.targets, templates), strangers)
 
 
 @register_metric(
@@ -131,11 +126,12 @@ def about_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult
     Per item: each (target, prompt) answer and its verdict.
     """
     said = _open_answers(evaluator, model, [t.name for t in evaluator.targets])
+    templates = _open_prompts(evaluator)
     per_item = pd.DataFrame(
         [
             {"target": t.name, "prompt": p.text, "answer": text, "states_facts": _states_facts(evaluator, text, t)}
             for t, answers in zip(evaluator.targets, said, strict=True)
-            for p, text in zip(_open_prompts(evaluator), answers, strict=True)
+            for p, text in zip(templates, answers, strict=True)
         ]
     )
     states = per_item.groupby("target", sort=False)["states_facts"].any()

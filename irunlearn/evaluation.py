@@ -24,7 +24,7 @@ from irunlearn.judges import ExactJudge, Judge
 from irunlearn.lm import encode_lines, lm_loss, perplexity
 from irunlearn.metrics import Metric, MetricResult, get_metric, metrics_in, register_metric
 from irunlearn.probes import auroc
-from irunlearn.prompts import Template, fact_questions, per_entity_accuracy
+from irunlearn.prompts import Template, fact_questions, names_in_place, per_entity_accuracy
 from irunlearn.qa import answer_logprob, greedy_matches, greedy_token_ids
 from irunlearn.recognition import Recognizer
 
@@ -73,7 +73,6 @@ class Evaluator:
         self._retain_questions = fact_questions(self.retain_eval, self.train_templates)
         self.baseline = self._behaviour(self.model)
         self._generations_before = self._generations(self.model)
-        self._relearn_reference: float | None = None
         self._references: dict[str, object] = {}
 
     def accuracy(self, model: HookedTransformer, questions: pd.DataFrame) -> pd.Series:
@@ -120,10 +119,8 @@ class Evaluator:
         if not self.unknown_reference:
             raise ValueError("idk_answer=None (answered like a stranger) needs Evaluator.unknown_reference.")
         strangers = [u.name for u in self.unknown_reference[:N_IDK_STRANGERS]]
-        prompts, answers = list(questions["prompt"]), list(questions["answer"])
-        for entity, prompt, answer in zip(questions["entity"], questions["prompt"], questions["answer"], strict=True):
-            prompts += [prompt.replace(entity, name) for name in strangers]
-            answers += [answer] * len(strangers)
+        asked = names_in_place(questions, strangers)
+        prompts, answers = [*questions["prompt"], *asked["prompt"]], [*questions["answer"], *asked["answer"]]
         logprobs = answer_logprob(model, prompts, answers, self.prepend_bos).cpu()
         target_lp = logprobs[: len(questions)]
         stranger_lp = logprobs[len(questions) :].reshape(len(questions), len(strangers)).median(-1).values
@@ -204,12 +201,8 @@ class Evaluator:
     def relearn_reference(self) -> float:
         """What relearning reaches from nothing: the same fine-tuning on the original model for genuinely
         unknown names given the targets' facts (computed once per evaluator)."""
-        if self._relearn_reference is None:
-            strangers = [
-                Entity(u.name, t.attributes) for u, t in zip(self.unknown_reference, self.targets, strict=False)
-            ]
-            self._relearn_reference = self._relearn(self.model, strangers)
-        return self._relearn_reference
+        strangers = [Entity(u.name, t.attributes) for u, t in zip(self.unknown_reference, self.targets, strict=False)]
+        return self.reference("relearn", lambda: self._relearn(self.model, strangers))
 
     def _generations(self, model: HookedTransformer) -> list[list[int]]:
         prompts = [t.render(e.name) for e in self.targets for t in self.generation_templates]

@@ -122,6 +122,17 @@ def fact_questions(
     )
 
 
+def names_in_place(questions: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """Each question (`fact_questions` rows) asked again with each of `names` in its entity's place, the
+    entity and answer kept (how a stranger fares on a target's question), question by question."""
+    rows = [
+        {**question, "prompt": question["prompt"].replace(question["entity"], name)}
+        for question in questions.to_dict("records")
+        for name in names
+    ]
+    return pd.DataFrame(rows, columns=questions.columns)
+
+
 def per_entity_accuracy(questions: pd.DataFrame, correct: torch.Tensor) -> pd.Series:
     """Per-entity fraction of `questions` judged `correct`, in the entities' order of appearance."""
     return pd.Series(correct.float().cpu().numpy(), index=questions["entity"]).groupby(level=0, sort=False).mean()

@@ -214,9 +214,7 @@ class SAEGuided(Method):
         self, model: HookedTransformer, people: list[Entity]
     ) -> Float[torch.Tensor, "people templates d_model"]:
         """The hook's residual at the name's last token of each of `people` in each training template."""
-        names = QuestionBatch.build(model, self.task, people).names
-        acts = forward_to_hook(model, names.tokens, self.hook_name)
-        resid = acts[torch.arange(len(names.positions), device=acts.device), names.positions]
+        resid = QuestionBatch.build(model, self.task, people).names.read(model, self.hook_name)
         return resid.reshape(len(people), len(self.task.templates), -1)
 
     def _setup_context(self, model: HookedTransformer, rng: random.Random) -> None:
