@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,23 @@ def make_model(cfg: ModelTrainConfig, tokenizer: PreTrainedTokenizerBase) -> Hoo
     return HookedTransformer(tl_cfg, tokenizer=tokenizer)
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block on a single torch intra-op thread, then give the caller's thread count back.
+
+    With more than one thread, torch's CPU backward accumulates some gradients in an order that changes
+    from run to run, so the same seed trains different weights each time; after thousands of steps the
+    difference is as large as any effect a build is compared on. On one thread a build is bitwise
+    reproducible, and for a model of the world's size it is no slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_model(
     model: HookedTransformer,
     world: World,
@@ -65,7 +83,8 @@ def train_model(
     exclude: Collection[str] = (),
 ) -> list[float]:
     """Train `model` in place on the world's training stream, without the lines about the known people in
-    `exclude` (see `training_lines`); returns the loss per step."""
+    `exclude` (see `training_lines`), on one torch thread (reproducible, `one_torch_thread`); returns the
+    loss per step."""
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg.warmup_steps, cfg.steps))
@@ -73,15 +92,16 @@ def train_model(
     losses = []
     model.train()
     bar = tqdm(range(cfg.steps), desc="train model", disable=not progress)
-    for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        loss = _length_bucketed_step(model, list(itertools.islice(stream, cfg.batch_size)), cfg.n_ctx)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    with one_torch_thread():
+        for step in bar:
+            optimizer.zero_grad(set_to_none=True)
+            loss = _length_bucketed_step(model, list(itertools.islice(stream, cfg.batch_size)), cfg.n_ctx)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     return losses
 

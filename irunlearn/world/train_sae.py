@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 from irunlearn.lm import encode_lines
 from irunlearn.world.corpus import training_lines
 from irunlearn.world.generator import World
+from irunlearn.world.train_model import one_torch_thread
 
 
 @dataclass
@@ -63,7 +64,8 @@ def train_sae(
     exclude: Collection[str] = (),
 ) -> SAE:
     """Train a TopK SAE on `cfg.hook_name` with `LanguageModelSAETrainingRunner` (wandb off, no hub), on
-    training lines without those about the known people in `exclude`."""
+    training lines without those about the known people in `exclude`, on one torch thread as the model
+    (`one_torch_thread`: reproducible)."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     torch.manual_seed(cfg.seed)  # the runner's `seed` does not cover every draw (without this the SAE
     # depended on what the process had drawn before)
@@ -101,6 +103,7 @@ def train_sae(
         override_model=model,
         override_dataset=sae_dataset(model, world, n_rows, cfg.context_size, cfg.seed, exclude),
     )
-    sae = runner.run()
+    with one_torch_thread():
+        sae = runner.run()
     sae.cfg.metadata.hook_name = cfg.hook_name
     return sae
