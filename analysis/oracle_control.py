@@ -29,9 +29,8 @@ from tables import markdown
 from irunlearn import load_world
 from irunlearn.lm import perplexity
 from irunlearn.world.artifacts import DEFAULT_ARTIFACTS, ORACLE_DIR, EmbeddedWorld, write_manifest
-from irunlearn.world.oracle import build_oracle, load_oracle, oracle_acceptance
+from irunlearn.world.oracle import build_oracle, load_oracle, oracle_acceptance, retrain_model
 from irunlearn.world.stats import qa_accuracy
-from irunlearn.world.train_model import ModelTrainConfig, make_model, train_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -85,14 +84,10 @@ def main() -> None:
 
 
 def world_rebuild(ew: EmbeddedWorld, progress: bool) -> dict:
-    """The world's model retrained from its own build config and seed, nothing removed, as `build_world`
-    trains it; its acceptance figures against the shipped model (the figures an oracle is held to)."""
-    config = ew.build_info["config"]
-    model_cfg = ModelTrainConfig(**config["model"])
-    torch.manual_seed(config["seed"])
+    """The world's model retrained from its own build config and seed, nothing removed (`retrain_model`);
+    its acceptance figures against the shipped model (the figures an oracle is held to)."""
     start = time.perf_counter()
-    model = make_model(model_cfg, ew.tokenizer)
-    train_model(model, ew.world, model_cfg, progress=progress)
+    model, _ = retrain_model(ew, progress=progress)
     wall = time.perf_counter() - start
     shipped = ew.model.state_dict()
     return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,6 +85,18 @@ def oracle_stats(model: HookedTransformer, sae: SAE, ew: EmbeddedWorld, forget: 
     }
 
 
+def retrain_model(
+    ew: EmbeddedWorld, exclude: Collection[str] = (), progress: bool = True
+) -> tuple[HookedTransformer, list[float]]:
+    """The world's model trained anew from its own `build.json` config and seed, as `build_world` trains it,
+    without the lines about the known people in `exclude`; returns the model and its loss per step."""
+    config = ew.build_info["config"]
+    model_cfg = ModelTrainConfig(**config["model"])
+    torch.manual_seed(config["seed"])
+    model = make_model(model_cfg, ew.tokenizer)
+    return model, train_model(model, ew.world, model_cfg, progress=progress, exclude=exclude)
+
+
 def build_oracle(
     forget_set: str,
     world_path: str | Path | None = None,
@@ -106,12 +119,10 @@ def build_oracle(
     config = ew.build_info["config"]
     model_cfg, sae_cfg = ModelTrainConfig(**config["model"]), SAETrainConfig(**config["sae"])
     names = [e.name for e in forget]
-    torch.manual_seed(config["seed"])
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    model = make_model(model_cfg, ew.tokenizer)
-    losses = train_model(model, ew.world, model_cfg, progress=progress, exclude=names)
+    model, losses = retrain_model(ew, exclude=names, progress=progress)
     timings["model_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
