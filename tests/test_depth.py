@@ -1,5 +1,7 @@
 """Depth of forgetting on the embedded world: where facts are read, and whether an edit removed or moved them."""
 
+import random
+
 import pandas as pd
 import pytest
 import torch
@@ -213,24 +215,68 @@ def test_the_shared_prefix_lines_carry_the_targets_first_name_and_keep_the_perso
 
 
 def test_the_value_choice_term_sees_the_original_rank_the_truth_and_the_deep_edit_rank_like_a_stranger(ew, task, deep):
-    """L_choice's reference is a ranking (sums to 1 per question); the original model, which knows the
-    target, is far from the strangers' ranking; the deep edit, which trained on it, is close."""
+    """L_choice ranks each attribute's values by their first answer token (every value of the world begins
+    with its own token); its reference is a ranking (sums to 1 per question); the original model, which
+    knows the target, is far from the strangers' ranking; the deep edit, which trained on it, is close."""
+    from irunlearn.entities import UNKNOWN_ANSWER
+    from irunlearn.methods.base import AnswerBatch
     from irunlearn.methods.sae_guided_deep import _ValueChoices
 
     questions = pd.DataFrame(
-        [{"entity": e.name, "prompt": t.render(e.name)} for e in task.targets for t in task.templates]
+        [
+            {"entity": e.name, "prompt": t.render(e.name), "answer": UNKNOWN_ANSWER}
+            for e in task.targets
+            for t in task.templates
+        ]
     )
-    choices = _ValueChoices.build(ew.model, task, questions, n_strangers=8, seed=0)
+    choices = _ValueChoices.build(ew.model, task, len(questions), n_strangers=8, seed=0, idk=UNKNOWN_ANSWER)
+    values = attribute_values(task.retain)
+    for row, template in enumerate(task.templates):
+        assert len(choices.tokens[row]) == len(values[template.attribute]), template.attribute
     assert all(torch.isclose(r.sum(), torch.tensor(1.0)) for r in choices.reference if len(r))
-    rows = list(range(len(questions)))
+    lines, rows = AnswerBatch.build(ew.model, questions, task.prepend_bos), list(range(len(questions)))
     with torch.no_grad():
-        before, after = choices.kl(ew.model, rows).item(), choices.kl(deep.model, rows).item()
+        before = choices.kl(ew.model(lines.tokens, return_type="logits"), lines, rows).item()
+        after = choices.kl(deep.model(lines.tokens, return_type="logits"), lines, rows).item()
     assert after < before / 5, (before, after)
 
 
-def test_sae_guided_deep_stage1_is_sae_guided(ew, task, shallow, deep):
-    """Stage 1 trains what sae_guided trains with the same draws: the weights stage 2 never touches
-    (block 0's MLP) end bit-identical to sae_guided's."""
+NEIGHBOUR_SEED = 118  # a tuning draw: Orha Kanes, whose last name held-out Xasol Kanes shares
+
+
+def test_made_up_neighbours_are_strangers_that_keep_all_but_one_word_of_the_target(ew, recognizer):
+    from irunlearn.methods.sae_guided import made_up_neighbours
+
+    task = world_task(ew, resolve_targets(ew, n_random=1, seed=NEIGHBOUR_SEED), recognizer)
+    people = [e.name for e in made_up_neighbours(ew.model, ew.sae, task, 32, random.Random(0))]
+    target = task.targets[0].name.split()
+    assert len(people) == 32 == len(set(people))
+    kept = [tuple(a == b for a, b in zip(name.split(), target, strict=True)) for name in people]
+    assert sorted(set(kept)) == [(False, True), (True, False)] and kept.count((True, False)) == 16
+    assert not set(people) & {e.name for e in ew.world.known + ew.world.unknown_eval}  # made up, not anyone's
+    read = recognizer.p_known(ew.model, ew.sae, people, task.templates)
+    assert (read["p_known_sae"] < 0.5).all() and (read["p_known_resid"] < 0.5).all()
+
+
+def test_the_made_up_neighbours_keep_a_held_out_last_name_sharers_answers(ew, recognizer):
+    """Forgetting Orha Kanes moves what block 0 writes at every "… Kanes": held-out Xasol Kanes, in no retain
+    term, loses most answers to sae_guided's defaults; holding made-up "… Kanes" strangers (L_nbr) keeps them,
+    and the target is forgotten all the same."""
+    task = world_task(ew, resolve_targets(ew, n_random=1, seed=NEIGHBOUR_SEED), recognizer)
+    evaluator = world_evaluator(ew, task)
+    kept = {}
+    for weight in (0.0, 100.0):
+        result = forget(ew.model, ew.sae, task, lambda_neighbours=weight, progress=False)
+        assert result.converged and result.final_answers["answered"].max() == 0
+        people = depth.sharer_retain_metric(evaluator, result.model).per_item.set_index("entity")
+        kept[weight] = people.loc["Xasol Kanes", "kept_frac"]
+    assert kept[0.0] < 0.5 and kept[100.0] >= 0.8, kept
+
+
+def test_sae_guided_deep_stage1_is_sae_guided(ew, task, deep):
+    """Stage 1 trains what sae_guided trains with the same draws (with L_nbr on): the weights stage 2 never
+    touches (block 0's MLP) end bit-identical to sae_guided's."""
+    shallow = forget(ew.model, ew.sae, task, lambda_neighbours=100.0, progress=False).model
     for name in ("W_in", "W_out", "b_in", "b_out"):
         assert torch.equal(getattr(deep.model.blocks[0].mlp, name), getattr(shallow.blocks[0].mlp, name))
 

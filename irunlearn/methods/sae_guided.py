@@ -6,7 +6,8 @@
               + mean_{h,i} ‖q_h,i(θ) − q_h,i(θ₀)‖² / ‖μ_U − μ_K‖²   (held neighbours' question tokens, below)
     L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
     L_resid   = mean⁺_{t,τ} max(0, ‖x_t − X_U,τ‖² − r_U,τ) / ‖X_U,τ − X_K,τ‖²         at the name's last token
-    L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm + λ_resid · L_resid
+    L_nbr     = mean_{v,τ} ‖y_v(θ) − y_v(θ₀)‖² / mean_{t,τ} ‖y_t(θ₀) − Y_U,τ‖²   made-up name-sharers (below)
+    L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm + λ_resid · L_resid + λ_nbr · L_nbr
 
 mean⁺ averages over the (target, template) rows still pushing, so the last rows to flip get the same push
 as the first (a plain mean shrinks it as rows flip, and Adam's step with it). A row that is past δ_name but
@@ -49,6 +50,17 @@ toward `X_U,τ`, the mean residual of `n_resid_reference` unknown people (`Forge
 template, until it lies no farther from it than a stranger does on average (`r_U,τ`); `X_K,τ` (known retain
 people) scales it. With it, a row counts as flipped only once inside that radius too.
 
+Why L_nbr (`lambda_neighbours`, off by default): people outside the task who share a word of a target's
+name lose answers, though no term pushes on them. The edit moves what the first trained block writes at the
+name's last token, and a name that ends the same way ("Xasol Kanes" next to "Orha Kanes") or starts the
+same way reaches nearly the same state there; L_act holds only the retain people, and a task has few who
+share a word, often none of a given neighbour's. So L_nbr makes its own: `n_neighbours` names per target,
+each the target's name with one word swapped for the same word of another person of the task (retain or
+unknown), keeping only those both probes read as strangers (no person the model knows, held out or not, is
+among them). `y_v` is a made-up name's residual at its last token after the first trained block
+(`blocks.L.hook_resid_post`, L the lowest of `layers`), held where it was; the scale is how far the
+targets' own states there lie from strangers' (Y_U, the mean over `n_reference` unknown people).
+
 Stops once, for every target and training template (at the row's latest reading), both probes (SAE and
 residual) read unknown (p < 0.5) at the name token, the name token sits closer to μ_U than to μ_K and the
 question tokens closer to Q_U than to Q_K; then runs `extra_steps` more (DESIGN §4): 2 by default.
@@ -67,6 +79,7 @@ from typing import Literal
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
+from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from irunlearn.activations import EntityBatch, forward_to_hook, sae_hook_name, stop_layer
@@ -99,6 +112,9 @@ class SAEGuidedConfig(ForgetConfig):
     hold_question_rows: int = 32  # of their whole questions per step
     lambda_resid: float = 0.0  # L_resid, the whole residual at the name's last token (latents and SAE error); 0: off
     n_resid_reference: int = 32  # unknown people whose residuals give X_U and a stranger's radius r_U
+    lambda_neighbours: float = 0.0  # L_nbr, made-up name-sharers' states after the first trained block; 0: off
+    n_neighbours: int = 32  # made-up names per target, split evenly over the words they keep
+    neighbour_rows: int = 32  # of their (name, template) rows per step
 
 
 @dataclass
@@ -188,6 +204,7 @@ class SAEGuided(Method):
         self.generator = torch.Generator().manual_seed(cfg.seed)
         sharers = [e for e in retain[: cfg.hold_questions] if shares_a_name_word(e, task.targets)]
         self.held = self._held_pool(model, sharers) if sharers else None
+        self.neighbours = self._neighbour_pool(model, rng) if cfg.lambda_neighbours > 0 else None
         with torch.no_grad():
             self.retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
             if self.held is not None:
@@ -216,6 +233,30 @@ class SAEGuided(Method):
         """The hook's residual at the name's last token of each of `people` in each training template."""
         resid = QuestionBatch.build(model, self.task, people).names.read(model, self.hook_name)
         return resid.reshape(len(people), len(self.task.templates), -1)
+
+    def _neighbour_pool(self, model: HookedTransformer, rng: random.Random) -> _Neighbours | None:
+        """L_nbr's made-up names, their states where they were and the scale (see the module docstring); None
+        when no target has a name of two or more words with strangers to make."""
+        task, cfg = self.task, self.config
+        people = made_up_neighbours(model, self.sae, task, cfg.n_neighbours, rng)
+        if not people:
+            return None
+        hook = f"blocks.{min(cfg.layers) if cfg.layers else 0}.hook_resid_post"
+        batch, _ = task.entity_batch(model, people, cfg.retain_templates_per_entity, cfg.seed)
+        strangers = rng.sample(task.unknown, min(cfg.n_reference, len(task.unknown)))
+        with torch.no_grad():
+            targets = task.entity_batch(model, task.targets)[0].read(model, hook)
+            unknown = task.entity_batch(model, strangers)[0].read(model, hook).mean(0) if strangers else 0.0
+            scale = (targets - unknown).square().sum(-1).mean()
+            return _Neighbours(hook, batch, batch.read(model, hook), scale)
+
+    def _neighbour_drift(self, model: HookedTransformer) -> Float[torch.Tensor, ""]:
+        """L_nbr on a fresh draw of `neighbour_rows` of the made-up names' rows."""
+        nbr = self.neighbours
+        draw = torch.randperm(len(nbr.reference), generator=self.generator)[: self.config.neighbour_rows]
+        draw = draw.to(nbr.reference.device)
+        drift = nbr.batch.rows(draw).read(model, nbr.hook) - nbr.reference[draw]
+        return drift.square().sum(-1).mean() / nbr.scale
 
     def _setup_context(self, model: HookedTransformer, rng: random.Random) -> None:
         """Q_U and Q_K per target question token, and hooks confining the context term to the name tokens."""
@@ -275,11 +316,15 @@ class SAEGuided(Method):
         logits = model(self.lm_tokens[lm_rows], return_type="logits")
         loss_lm = kl_to_reference(logits, self.ref_logprobs[lm_rows], self.lm_mask[lm_rows])
         loss = loss_forget + cfg.lambda_act * loss_act + cfg.lambda_lm * loss_lm
+        terms = {"loss_forget": loss_forget.item(), "loss_act": loss_act.item(), "loss_lm": loss_lm.item()}
+        if self.neighbours is not None:
+            loss_neighbours = self._neighbour_drift(model)
+            loss = loss + cfg.lambda_neighbours * loss_neighbours
+            terms["loss_neighbours"] = loss_neighbours.item()
         names = [self.target_names[row] for row in target_rows]
         per_target = latent_readings(recognizer, latents, resid, names)
         with torch.no_grad():
             flipped = ~read_known & (dist_unknown < dist_known)
-        terms = {"loss_forget": loss_forget.item(), "loss_act": loss_act.item(), "loss_lm": loss_lm.item()}
         if self.use_context:
             q_latents = self.sae.encode(acts[questions.rows, questions.cols])
             q_dist_unknown, q_dist_known = self._question_distances(q_latents, questions.rows, kept, target_rows)
@@ -357,6 +402,17 @@ class SAEGuided(Method):
         )
 
 
+@dataclass
+class _Neighbours:
+    """L_nbr's made-up names: their (name, template) rows, each row's residual at `hook` at the name's last
+    token on the original weights, and the scale (see the module docstring)."""
+
+    hook: str
+    batch: EntityBatch
+    reference: Float[torch.Tensor, "n d_model"]
+    scale: Float[torch.Tensor, ""]
+
+
 def _hinge(
     dist_unknown: torch.Tensor, dist_known: torch.Tensor, margin: float, keep_pulling: torch.Tensor | None = None
 ) -> Float[torch.Tensor, ""]:
@@ -389,6 +445,35 @@ def _detached_at(mask: torch.Tensor):
 def shares_a_name_word(entity: Entity, targets: list[Entity]) -> bool:
     """Whether `entity`'s name has a word in common with a target's name (its nearest neighbours)."""
     return bool({word for target in targets for word in target.name.split()} & set(entity.name.split()))
+
+
+def made_up_neighbours(
+    model: HookedTransformer, sae: SAE, task: ForgetTask, n: int, rng: random.Random
+) -> list[Entity]:
+    """Up to `n` made-up names per target: its name with one word swapped for the same word of another name
+    of as many words among the task's retain and unknown people, `n` split evenly over the words kept; none
+    a name of the task, and only those both probes of the task's recognizer read as strangers (p < 0.5)."""
+    taken = {e.name for e in [*task.targets, *task.retain, *task.unknown]}
+    others = [e.name.split() for e in [*task.retain, *task.unknown]]
+    pools: list[list[str]] = []
+    for target in task.targets:
+        words = target.name.split()
+        if len(words) < 2:
+            continue
+        for i in range(len(words)):  # made-up names keeping every word but the i-th
+            made_up = {" ".join(words[:i] + [o[i]] + words[i + 1 :]) for o in others if len(o) == len(words)}
+            pools.append(sorted(made_up - taken))
+    candidates = sorted({name for pool in pools for name in pool})
+    if not candidates:
+        return []
+    read = task.recognizer.p_known(model, sae, candidates, task.templates)
+    strangers = set(read.loc[(read["p_known_sae"] < 0.5) & (read["p_known_resid"] < 0.5), "entity"])
+    per_pool = max(1, n // max(1, len(pools) // len(task.targets)))
+    picked = []
+    for pool in pools:
+        pool = [name for name in pool if name in strangers]
+        picked += rng.sample(pool, min(per_pool, len(pool)))
+    return [Entity(name) for name in dict.fromkeys(picked)]
 
 
 def _retain_sample(task: ForgetTask, n: int, rng: random.Random) -> list[Entity]:

@@ -3,7 +3,7 @@
 `sae_guided` moves the target's name representation (the key) at and before the SAE's layer; the later
 layers, which map the name's layer-0 state to the person's facts, are left as they were, so restoring the
 key (patching the original residual at the name tokens, or relearning one fact) restores every fact. This
-method runs `sae_guided` unchanged (stage 1, the same weights, loss and stop rule), then a latent-adversarial
+method runs `sae_guided` (stage 1: the same weights, loss and stop rule, with L_nbr on), then a latent-adversarial
 stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the value store:
 
     L_idk     = CE(`unknown` | target question)                                  the edited key
@@ -12,25 +12,33 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
     L_sharers = the same KL on the fact lines of retain people who share a name word with a target
               + the same KL on retain people's fact lines with a target's shared name prefix patched in
     L_choice  = KL(r(v | template) ‖ q_θ(v | target question))   over the attribute's values v, `unknown` left out
+              + the same with key ← original
     L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_choice · L_choice
 
 "key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for
-each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer
-must be `unknown` even when the adversary hands the downstream layers the old key. The name-sharers' lines
-are there because a name word the target shares has the same layer-0 state in both names: stage 2 could
-otherwise learn "that word → unknown" and take the neighbours' answers with it. A task holds few such
-people (often none or one), so the second part makes more: a target's *shared prefix* is its name's
-leading words (its first name, which anyone may share) or, if longer, the leading tokens some retain
-person's name starts with too ("Velvel" of "Velvel Tevdan" and "Velvel Roti"); every residual up to there
-is the same in both prompts. In other people's fact lines the key layer's residual at
-their name's first tokens is replaced by the target's shared prefix (the original model's in the
-reference, the stage-1 model's in the edit): whoever follows that prefix must keep their answers.
+each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer must
+be `unknown` even when the adversary hands the downstream layers the old key. The name-sharers' lines are
+there because a name word the target shares has the same layer-0 state in both names: stage 2 could otherwise
+learn "that word → unknown" and take the neighbours' answers with it. A task holds few such people (often none
+or one), so the second part makes more: a target's *shared prefix* is its name's leading words (its first
+name, which anyone may share) or, if longer, the leading tokens some retain person's name starts with too
+("Velvel" of "Velvel Tevdan" and "Velvel Roti"); every residual up to there is the same in both prompts. In
+other people's fact lines the key layer's residual at their name's first tokens is replaced by the target's
+shared prefix (the original model's in the reference, the stage-1 model's in the edit): whoever follows that
+prefix must keep their answers.
 
 L_choice asks for more than the answer `unknown`: ranked among the attribute's values (the retain people's),
-the target's true value must be no likelier than for a stranger. q_θ is the softmax over the values of each
-whole answer's log-probability after the target's question; r is the same for strangers' names
-(`ForgetTask.unknown`) on the original model, averaged over them. Without it the edited model still ranks
-the target's true value first when `unknown` is left out (forced choice): the answer changes, the fact stays.
+the target's true value must be no likelier than for a stranger, with the edited key and with the original
+one restored. q_θ is the softmax, over the values' first answer tokens, of the next-token logits after the
+target's question (the values of an attribute begin with different tokens, and a value's later tokens follow
+its first); r is the same for strangers' names (`ForgetTask.unknown`) on the original model, averaged over
+them. Read where the `unknown` lines already are, it adds no forward pass. Without it the edited model still
+ranks the target's true value first when `unknown` is left out (forced choice): the answer changes, the fact stays.
+Without its second part the downstream layers, handed the original key, answer `unknown` by a thin margin
+over the true value, and fine-tuning on half of a target's facts brings a held-out one back.
+
+Stage 1 runs with `lambda_neighbours` (sae_guided's L_nbr) on: the made-up name-sharers keep what the first
+block writes at their names, so the held-out people who share a word with a target keep their answers.
 
 Stage 2 stops once every drawn target question answers `unknown` (greedy) with both keys for `deep_steps`
 steps in a row (the loop's `extra_steps` follow).
@@ -130,9 +138,7 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     steps in a row every drawn target question must answer
     `idk_answer` with both keys before stage 2 stops. `n_prefix_lines`: retain fact lines per step that
     carry a target's shared name prefix (0: none). `lambda_choice`: the weight of L_choice (0: off),
-    `n_choice_questions` how many of the step's drawn target questions it ranks (None: all; fewer is
-    cheaper), `n_choice_strangers` the strangers
-    its reference averages over.
+    `n_choice_strangers` the strangers its reference averages over.
     """
 
     layers: tuple[int, ...] | None = (0, 1, 2, 3)
@@ -146,7 +152,7 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     n_sharer_lines: int = 32
     n_prefix_lines: int = 64
     lambda_choice: float = 2.0
-    n_choice_questions: int | None = None
+    lambda_neighbours: float = 100.0
     n_choice_strangers: int = 8
     deep_steps: int = 3
     idk_answer: str = UNKNOWN_ANSWER
@@ -208,7 +214,7 @@ class SAEGuidedDeep(SAEGuided):
             else (None, None)
         )
         self.choices = (
-            _ValueChoices.build(model, task, self.idk.facts, cfg.n_choice_strangers, cfg.seed)
+            _ValueChoices.build(model, task, len(self.idk.facts), cfg.n_choice_strangers, cfg.seed, cfg.idk_answer)
             if cfg.lambda_choice > 0
             else None
         )
@@ -271,11 +277,7 @@ class SAEGuidedDeep(SAEGuided):
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * self.prefix.kl(model, draw.tolist())
         loss = loss_idk + loss_idk_key + cfg.lambda_keep * loss_keep
         if self.choices is not None:
-            chosen = rows
-            if cfg.n_choice_questions is not None:
-                pick = torch.randperm(len(rows), generator=self.generator)[: cfg.n_choice_questions]
-                chosen = rows[pick.to(rows.device)]
-            loss_choice = self.choices.kl(model, chosen.tolist())
+            loss_choice = self.choices.kl(logits, sub, rows.tolist()) + self.choices.kl(patched, sub, rows.tolist())
             loss = loss + cfg.lambda_choice * loss_choice
         with torch.no_grad():
             idk, idk_key = sub.greedy_hits(logits), sub.greedy_hits(patched)
@@ -424,61 +426,78 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 @dataclass
 class _ValueChoices:
-    """Each target question answered with every value of its attribute, and what a stranger's ranking of
-    those values is (see L_choice in the module).
+    """Each target question's attribute values, as the first answer tokens that tell them apart, and how
+    strangers rank them (see L_choice in the module).
 
-    `batch` holds one line per (question, value); `groups[i]` the lines of question i (a row of the
-    method's target questions), `reference[i]` the strangers' mean softmax over those values.
+    The ranking is read at the first answer token: the position whose logits the method's own `unknown`
+    lines already compute, so the term costs no forward of its own. Values that begin with the same token
+    rank as one.
     """
 
-    batch: AnswerBatch
-    groups: list[torch.Tensor]
-    reference: list[torch.Tensor]
+    tokens: list[Int[torch.Tensor, " k"]]  # per question row: its attribute's values' first tokens
+    reference: list[Float[torch.Tensor, " k"]]  # per question row: the strangers' mean softmax over them
 
     @classmethod
     def build(
-        cls, model: HookedTransformer, task: ForgetTask, questions: pd.DataFrame, n_strangers: int, seed: int
+        cls, model: HookedTransformer, task: ForgetTask, n_questions: int, n_strangers: int, seed: int, idk: str
     ) -> _ValueChoices | None:
-        """For `questions` (entity, prompt; one per target and template, in `task.templates` order), or None
-        without strangers or values to rank."""
+        """For the method's `n_questions` target questions (one per target and template, in `task.templates`
+        order), or None without strangers or values to rank."""
         values = attribute_values(task.retain)
         strangers = random.Random(seed).sample(task.unknown, min(n_strangers, len(task.unknown)))
         if not strangers or not values:
             return None
-        attributes = [task.templates[i % len(task.templates)].attribute for i in range(len(questions))]
-        lines, groups = [], []
-        for prompt, attribute in zip(questions["prompt"], attributes, strict=True):
-            start = len(lines)
-            lines += [{"entity": "", "prompt": prompt, "answer": v} for v in values.get(attribute, [])]
-            groups.append(torch.arange(start, len(lines), device=model.cfg.device))
-        batch = AnswerBatch.build(model, pd.DataFrame(lines), task.prepend_bos, task.answer_eos)
-        reference = []
+        device = model.cfg.device
+        per_template_tokens, per_template_reference = [], []
         with torch.no_grad():
             for template in task.templates:
                 choices = values.get(template.attribute, [])
-                rows = [
-                    {"prompt": template.render(s.name), "answer": v, "entity": ""} for s in strangers for v in choices
-                ]
-                if not rows:
-                    reference.append(torch.empty(0, device=model.cfg.device))
+                prompt = template.render(strangers[0].name)
+                if not choices:
+                    per_template_tokens.append(torch.empty(0, dtype=torch.long, device=device))
+                    per_template_reference.append(torch.empty(0, device=device))
                     continue
-                theirs = AnswerBatch.build(model, pd.DataFrame(rows), task.prepend_bos, task.answer_eos)
-                logprob = -theirs.answer_nll(model(theirs.tokens, return_type="logits"))
-                reference.append(logprob.view(len(strangers), len(choices)).softmax(-1).mean(0))
-        per_question = [reference[i % len(task.templates)] for i in range(len(questions))]
-        return cls(batch, groups, per_question)
+                lines = AnswerBatch.build(
+                    model, pd.DataFrame({"entity": "", "prompt": prompt, "answer": choices}), task.prepend_bos
+                )
+                first = lines.tokens.gather(1, _first_answer_position(lines)[:, None] + 1).squeeze(1).unique()
+                theirs = AnswerBatch.build(
+                    model,
+                    pd.DataFrame({"entity": "", "prompt": [template.render(s.name) for s in strangers], "answer": idk}),
+                    task.prepend_bos,
+                )
+                logprob = _first_answer_logprobs(model(theirs.tokens, return_type="logits"), theirs)
+                per_template_tokens.append(first)
+                per_template_reference.append(logprob[:, first].softmax(-1).mean(0))
+        n_templates = len(task.templates)
+        return cls(
+            [per_template_tokens[i % n_templates] for i in range(n_questions)],
+            [per_template_reference[i % n_templates] for i in range(n_questions)],
+        )
 
-    def kl(self, model: HookedTransformer, rows: list[int]) -> Float[torch.Tensor, ""]:
-        """Mean over the questions at `rows` (with values to rank) of KL(strangers' ranking ‖ the model's)."""
-        rows = [r for r in rows if len(self.groups[r])]
-        lines = torch.cat([self.groups[r] for r in rows])
-        sub = self.batch.select(lines)
-        logprob = -sub.answer_nll(model(sub.tokens, return_type="logits"))
-        total, start = logprob.new_zeros(()), 0
-        for r in rows:
-            n = len(self.groups[r])
-            mine = logprob[start : start + n].log_softmax(-1)
-            theirs = self.reference[r]
-            total = total + (theirs * (theirs.clamp_min(1e-12).log() - mine)).sum()
-            start += n
-        return total / max(len(rows), 1)
+    def kl(
+        self, logits: Float[torch.Tensor, "batch pos vocab"], lines: AnswerBatch, rows: list[int]
+    ) -> Float[torch.Tensor, ""]:
+        """Mean over the questions at `rows` (with values to rank) of KL(strangers' ranking ‖ the model's),
+        from `logits` of `lines`, the method's `unknown` lines of those questions in that order."""
+        logprob = _first_answer_logprobs(logits, lines)
+        total, n = logprob.new_zeros(()), 0
+        for i, row in enumerate(rows):
+            tokens, theirs = self.tokens[row], self.reference[row]
+            if len(tokens):
+                mine = logprob[i, tokens].log_softmax(-1)
+                total, n = total + (theirs * (theirs.clamp_min(1e-12).log() - mine)).sum(), n + 1
+        return total / max(n, 1)
+
+
+def _first_answer_position(lines: AnswerBatch) -> Int[torch.Tensor, " batch"]:
+    """Per line, the position whose logits predict the answer's first token."""
+    return lines.answer_mask.float().argmax(-1)
+
+
+def _first_answer_logprobs(
+    logits: Float[torch.Tensor, "batch pos vocab"], lines: AnswerBatch
+) -> Float[torch.Tensor, "batch vocab"]:
+    """Log-probabilities of each line's first answer token over the vocabulary."""
+    position = _first_answer_position(lines)
+    return logits[torch.arange(len(position), device=logits.device), position].log_softmax(-1)
