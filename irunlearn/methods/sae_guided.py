@@ -240,6 +240,11 @@ class SAEGuided(Method):
         task, cfg = self.task, self.config
         people = made_up_neighbours(model, self.sae, task, cfg.n_neighbours, rng)
         if not people:
+            warnings.warn(
+                "lambda_neighbours > 0 but no made-up neighbour was found (every target's name has one word, or "
+                "each made-up name reads as known): sae_guided runs without L_nbr.",
+                stacklevel=2,
+            )
             return None
         hook = f"blocks.{min(cfg.layers) if cfg.layers else 0}.hook_resid_post"
         batch, _ = task.entity_batch(model, people, cfg.retain_templates_per_entity, cfg.seed)
