@@ -3,7 +3,7 @@
     python analysis/neighbours.py [--seeds 100 101 102 103 110 111 112 116 117 118] [--weights 0 100]
 
 For the first target of `resolve_targets(ew, n_random=5, seed=s)` forgotten alone with `sae_guided` at each
-weight of L_nbr, through `irunlearn.run` with the `sharer_retain` and `forced_choice` metrics: how much of their
+weight of L_nbr, through `irunlearn.run` with the `sharer_retain` metric: how much of their
 answers each held-out person who shares the target's last or first name keeps, everyone else's, retain_acc,
 forget_acc, idk_rate, steps and seconds. The default seeds are tuning draws chosen because their targets
 have held-out name-sharers (never the evaluation seeds 0-2). Writes analysis/results/neighbours.md and

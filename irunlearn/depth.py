@@ -201,7 +201,7 @@ def _first_answer_token(
         start_at_layer=start_at_layer,
     )
     rows = torch.arange(len(lines.batch.tokens), device=lines.batch.tokens.device)
-    before = lines.batch.answer_mask.float().argmax(-1)  # target position i predicts token i + 1
+    before = lines.batch.first_answer_position()
     logits = final["resid"][rows, before] @ model.W_U + model.b_U
     if model.cfg.output_logits_soft_cap > 0:
         cap = model.cfg.output_logits_soft_cap
@@ -221,7 +221,7 @@ def _stranger_means(
         return [(facts.facts["template"][r], o) for r, o in zip(rows.tolist(), offsets.tolist(), strict=True)]
 
     def answer_distance(facts: NamedFacts, rows, cols) -> torch.Tensor:
-        start = facts.batch.answer_mask.float().argmax(-1) + 1
+        start = facts.batch.first_answer_position() + 1
         return start[rows] - cols
 
     def lookup(ref_keys, ref_values, want_keys) -> torch.Tensor:

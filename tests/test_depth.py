@@ -229,7 +229,7 @@ def test_the_value_choice_term_sees_the_original_rank_the_truth_and_the_deep_edi
             for t in task.templates
         ]
     )
-    choices = _ValueChoices.build(ew.model, task, len(questions), n_strangers=8, seed=0, idk=UNKNOWN_ANSWER)
+    choices = _ValueChoices.build(ew.model, task, n_strangers=8, seed=0, idk=UNKNOWN_ANSWER)
     values = attribute_values(task.retain)
     for row, template in enumerate(task.templates):
         assert len(choices.tokens[row]) == len(values[template.attribute]), template.attribute

@@ -551,6 +551,10 @@ class AnswerBatch:
         entity = [self.entity[r] for r in index.tolist()]
         return AnswerBatch(self.tokens[index], self.mask[index], self.answer_mask[index], entity)
 
+    def first_answer_position(self) -> Int[torch.Tensor, " batch"]:
+        """Per line, the position whose logits predict the answer's first token (the answer starts one later)."""
+        return self.answer_mask.float().argmax(-1)
+
     def answer_nll(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
         """Summed NLL of each row's answer tokens."""
         return (token_nll(logits, self.tokens, self.mask) * self.answer_mask).sum(-1)

@@ -89,7 +89,7 @@ class NamedFacts:
         if facts.empty:
             raise ValueError("NamedFacts needs at least one fact line.")
         batch = AnswerBatch.build(model, facts, prepend_bos, append_eos)
-        answer_start = batch.answer_mask.float().argmax(-1) + 1  # first answer token of each line
+        answer_start = batch.first_answer_position() + 1  # first answer token of each line
         name_rows, name_cols, name_offsets, question_rows, question_cols = [], [], [], [], []
         bos = int(prepend_bos)
         for row, (prompt, name) in enumerate(zip(facts["prompt"], facts["entity"], strict=True)):
@@ -214,7 +214,7 @@ class SAEGuidedDeep(SAEGuided):
             else (None, None)
         )
         self.choices = (
-            _ValueChoices.build(model, task, len(self.idk.facts), cfg.n_choice_strangers, cfg.seed, cfg.idk_answer)
+            _ValueChoices.build(model, task, cfg.n_choice_strangers, cfg.seed, cfg.idk_answer)
             if cfg.lambda_choice > 0
             else None
         )
@@ -277,7 +277,8 @@ class SAEGuidedDeep(SAEGuided):
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * self.prefix.kl(model, draw.tolist())
         loss = loss_idk + loss_idk_key + cfg.lambda_keep * loss_keep
         if self.choices is not None:
-            loss_choice = self.choices.kl(logits, sub, rows.tolist()) + self.choices.kl(patched, sub, rows.tolist())
+            drawn = rows.tolist()
+            loss_choice = self.choices.kl(logits, sub, drawn) + self.choices.kl(patched, sub, drawn)
             loss = loss + cfg.lambda_choice * loss_choice
         with torch.no_grad():
             idk, idk_key = sub.greedy_hits(logits), sub.greedy_hits(patched)
@@ -434,70 +435,64 @@ class _ValueChoices:
     rank as one.
     """
 
-    tokens: list[Int[torch.Tensor, " k"]]  # per question row: its attribute's values' first tokens
-    reference: list[Float[torch.Tensor, " k"]]  # per question row: the strangers' mean softmax over them
+    tokens: list[Int[torch.Tensor, " k"]]  # per template of the task: its attribute's values' first tokens
+    reference: list[Float[torch.Tensor, " k"]]  # per template: the strangers' mean softmax over them
 
     @classmethod
     def build(
-        cls, model: HookedTransformer, task: ForgetTask, n_questions: int, n_strangers: int, seed: int, idk: str
+        cls, model: HookedTransformer, task: ForgetTask, n_strangers: int, seed: int, idk: str
     ) -> _ValueChoices | None:
-        """For the method's `n_questions` target questions (one per target and template, in `task.templates`
-        order), or None without strangers or values to rank."""
+        """For `task.templates`, or None without strangers or values to rank."""
         values = attribute_values(task.retain)
         strangers = random.Random(seed).sample(task.unknown, min(n_strangers, len(task.unknown)))
         if not strangers or not values:
             return None
         device = model.cfg.device
-        per_template_tokens, per_template_reference = [], []
+        choices = cls([], [])
         with torch.no_grad():
             for template in task.templates:
-                choices = values.get(template.attribute, [])
-                prompt = template.render(strangers[0].name)
-                if not choices:
-                    per_template_tokens.append(torch.empty(0, dtype=torch.long, device=device))
-                    per_template_reference.append(torch.empty(0, device=device))
+                candidates = values.get(template.attribute, [])
+                if not candidates:
+                    choices.tokens.append(torch.empty(0, dtype=torch.long, device=device))
+                    choices.reference.append(torch.empty(0, device=device))
                     continue
+                prompt = template.render(strangers[0].name)
                 lines = AnswerBatch.build(
-                    model, pd.DataFrame({"entity": "", "prompt": prompt, "answer": choices}), task.prepend_bos
+                    model,
+                    pd.DataFrame({"entity": "", "prompt": prompt, "answer": candidates}),
+                    task.prepend_bos,
                 )
-                first = lines.tokens.gather(1, _first_answer_position(lines)[:, None] + 1).squeeze(1).unique()
+                first = lines.tokens.gather(1, lines.first_answer_position()[:, None] + 1).squeeze(1).unique()
                 theirs = AnswerBatch.build(
                     model,
                     pd.DataFrame({"entity": "", "prompt": [template.render(s.name) for s in strangers], "answer": idk}),
                     task.prepend_bos,
                 )
                 logprob = _first_answer_logprobs(model(theirs.tokens, return_type="logits"), theirs)
-                per_template_tokens.append(first)
-                per_template_reference.append(logprob[:, first].softmax(-1).mean(0))
-        n_templates = len(task.templates)
-        return cls(
-            [per_template_tokens[i % n_templates] for i in range(n_questions)],
-            [per_template_reference[i % n_templates] for i in range(n_questions)],
-        )
+                choices.tokens.append(first)
+                choices.reference.append(logprob[:, first].softmax(-1).mean(0))
+        return choices
 
     def kl(
         self, logits: Float[torch.Tensor, "batch pos vocab"], lines: AnswerBatch, rows: list[int]
     ) -> Float[torch.Tensor, ""]:
         """Mean over the questions at `rows` (with values to rank) of KL(strangers' ranking ‖ the model's),
-        from `logits` of `lines`, the method's `unknown` lines of those questions in that order."""
+        from `logits` of `lines`, the method's `unknown` lines of those questions in that order (row r asks
+        template r mod the number of templates: one line per target and template)."""
         logprob = _first_answer_logprobs(logits, lines)
         total, n = logprob.new_zeros(()), 0
         for i, row in enumerate(rows):
-            tokens, theirs = self.tokens[row], self.reference[row]
+            template = row % len(self.tokens)
+            tokens, theirs = self.tokens[template], self.reference[template]
             if len(tokens):
                 mine = logprob[i, tokens].log_softmax(-1)
                 total, n = total + (theirs * (theirs.clamp_min(1e-12).log() - mine)).sum(), n + 1
         return total / max(n, 1)
 
 
-def _first_answer_position(lines: AnswerBatch) -> Int[torch.Tensor, " batch"]:
-    """Per line, the position whose logits predict the answer's first token."""
-    return lines.answer_mask.float().argmax(-1)
-
-
 def _first_answer_logprobs(
     logits: Float[torch.Tensor, "batch pos vocab"], lines: AnswerBatch
 ) -> Float[torch.Tensor, "batch vocab"]:
     """Log-probabilities of each line's first answer token over the vocabulary."""
-    position = _first_answer_position(lines)
+    position = lines.first_answer_position()
     return logits[torch.arange(len(position), device=logits.device), position].log_softmax(-1)
