@@ -457,7 +457,10 @@ def made_up_neighbours(
 ) -> list[Entity]:
     """Up to `n` made-up names per target: its name with one word swapped for the same word of another name
     of as many words among the task's retain and unknown people, `n` split evenly over the words kept; none
-    a name of the task, and only those both probes of the task's recognizer read as strangers (p < 0.5)."""
+    a name of the task, and only those both probes of the task's recognizer read as strangers (p < 0.5).
+
+    Each word's candidates are read in a seeded order, twice as many as are still missing at a time, so a
+    target costs about `2 n` probe readings however many names the task holds."""
     taken = {e.name for e in [*task.targets, *task.retain, *task.unknown]}
     others = [e.name.split() for e in [*task.retain, *task.unknown]]
     pools: list[list[str]] = []
@@ -467,18 +470,30 @@ def made_up_neighbours(
             continue
         for i in range(len(words)):  # made-up names keeping every word but the i-th
             made_up = {" ".join(words[:i] + [o[i]] + words[i + 1 :]) for o in others if len(o) == len(words)}
-            pools.append(sorted(made_up - taken))
-    candidates = sorted({name for pool in pools for name in pool})
-    if not candidates:
+            pool = sorted(made_up - taken)
+            rng.shuffle(pool)
+            pools.append(pool)
+    if not pools:
         return []
-    read = task.recognizer.p_known(model, sae, candidates, task.templates)
-    strangers = set(read.loc[(read["p_known_sae"] < 0.5) & (read["p_known_resid"] < 0.5), "entity"])
     per_pool = max(1, n // max(1, len(pools) // len(task.targets)))
-    picked = []
-    for pool in pools:
-        pool = [name for name in pool if name in strangers]
-        picked += rng.sample(pool, min(per_pool, len(pool)))
-    return [Entity(name) for name in dict.fromkeys(picked)]
+    picked: list[list[str]] = [[] for _ in pools]
+    cursor = [0] * len(pools)
+    stranger: dict[str, bool] = {}  # name -> both probes read it as a stranger
+    while True:
+        chunks = []
+        for k, pool in enumerate(pools):
+            chunks.append(pool[cursor[k] : cursor[k] + 2 * (per_pool - len(picked[k]))])
+            cursor[k] += len(chunks[-1])
+        if not any(chunks):
+            break
+        fresh = sorted({name for chunk in chunks for name in chunk} - stranger.keys())
+        if fresh:
+            read = task.recognizer.p_known(model, sae, fresh, task.templates)
+            is_stranger = (read["p_known_sae"] < 0.5) & (read["p_known_resid"] < 0.5)
+            stranger.update(zip(read["entity"], is_stranger, strict=True))
+        for chunk, mine in zip(chunks, picked, strict=True):
+            mine += [name for name in chunk if stranger[name]][: per_pool - len(mine)]
+    return [Entity(name) for name in dict.fromkeys(name for mine in picked for name in mine)]
 
 
 def _retain_sample(task: ForgetTask, n: int, rng: random.Random) -> list[Entity]:
