@@ -37,7 +37,7 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("sae_guided", "sae_guided_deep", "grad_ascent", "rmu")
 ATTACKS = ("half", "one_fact", "others")
 STEPS = (10, 25, 50, 100)
-PER_ROW_METRICS = ("indistinguishability", "forced_choice", "sharer_retain", "key_restoration")
+PER_ROW_METRICS = ("indistinguishability", "forced_choice", "membership_auc", "sharer_retain", "key_restoration")
 EXISTING = (
     "forget_acc",
     "paraphrase_forget_acc",
@@ -104,7 +104,13 @@ def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
         "Key restoration (fraction of answers the original residual at the name tokens brings back)": [
             c for c in runs if c.startswith("key_restoration_L")
         ],
-        "Forced choice and membership": ["forced_choice", "forced_choice_stranger", "answer_loss_auroc"],
+        "Forced choice and membership": [
+            "forced_choice",
+            "forced_choice_stranger",
+            "answer_loss_auroc",
+            "membership_auc",
+            "membership_auc_original",
+        ],
         "Relearning (attacker's best over lr)": [c for c in runs if c.startswith("relearn_")],
         "Neighbours: held-out people sharing a name word with a target, and everyone else": [
             "n_sharers",

@@ -242,6 +242,23 @@ def mia_auc(evaluator: Evaluator, model: HookedTransformer) -> tuple[float, pd.D
 
 
 @register_metric(
+    "membership_auc",
+    group="depth",
+    needs=("unknown_reference",),
+    higher_is_better=None,
+    columns=("membership_auc", "membership_auc_original"),
+)
+def membership_auc_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricResult:
+    """privleak's membership AUC without an oracle: Min-K% Prob (k = 40 %) on the targets' fact lines vs
+    strangers' invented ones (`holdout_strangers`), for `model` and for the original. A target the model
+    never saw scores about like the strangers; the oracles of the standard forget sets score 0.37-0.45, the
+    original model 1. Per item: each line's Min-K% score (`model`'s)."""
+    auc, per_item = mia_auc(evaluator, model)
+    original, _ = mia_auc(evaluator, evaluator.model)
+    return MetricResult({"membership_auc": auc, "membership_auc_original": original}, per_item)
+
+
+@register_metric(
     "privleak",
     group="oracle",
     needs=("oracle", "unknown_reference"),

@@ -146,7 +146,14 @@ def test_the_depth_metrics_are_registered_in_their_group():
     from irunlearn.metrics import metrics_in
 
     names = {m.name for m in metrics_in("depth")}
-    assert names == {"key_restoration", "forced_choice", "relearn_attacks", "relearn_ab", "sharer_retain"}
+    assert names == {
+        "key_restoration",
+        "forced_choice",
+        "membership_auc",
+        "relearn_attacks",
+        "relearn_ab",
+        "sharer_retain",
+    }
 
 
 def test_a_relearning_protocol_registers_its_columns_and_computes_each_reference_once(

@@ -13,7 +13,9 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
               + the same KL on retain people's fact lines with a target's shared name prefix patched in
     L_choice  = KL(r(v | template) ‖ q_θ(v | target question))   over the attribute's values v, `unknown` left out
               + the same with key ← original
-    L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_choice · L_choice
+    L_name    = mean_{target, kind} (mean log p_θ(name tokens of that kind | what precedes) − m_U,kind)²
+              + the same with key ← original
+    L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_choice · L_choice + λ_name · L_name
 
 "key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for
 each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer must
@@ -36,6 +38,14 @@ them. Read where the `unknown` lines already are, it adds no forward pass. Witho
 ranks the target's true value first when `unknown` is left out (forced choice): the answer changes, the fact stays.
 Without its second part the downstream layers, handed the original key, answer `unknown` by a thin margin
 over the true value, and fine-tuning on half of a target's facts brings a held-out one back.
+
+L_name makes the target's name itself as unpredictable as a stranger's. A model that never saw the person
+cannot complete their name, and membership inference (Min-K% Prob, MUSE's privleak) reads exactly that: with
+the answers gone, the name's tokens were what still told the target's lines from a stranger's. Per target and
+kind of name token (its first token; a later one that starts a word; one that continues a word, far more
+predictable in any name), the mean log-probability in the target's questions is pulled to m_U,kind, the
+strangers' mean on the original model (`n_reference` of `ForgetTask.unknown`); squared, so undershooting a
+stranger costs as much as staying above. Read from the same logits as L_idk, it adds no forward pass.
 
 Stage 1 runs with `lambda_neighbours` (sae_guided's L_nbr) on: the made-up name-sharers keep what the first
 block writes at their names, so the held-out people who share a word with a target keep their answers.
@@ -138,7 +148,8 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     steps in a row every drawn target question must answer
     `idk_answer` with both keys before stage 2 stops. `n_prefix_lines`: retain fact lines per step that
     carry a target's shared name prefix (0: none). `lambda_choice`: the weight of L_choice (0: off),
-    `n_choice_strangers` the strangers its reference averages over.
+    `n_choice_strangers` the strangers its reference averages over. `lambda_name`: the weight of L_name
+    (0: off; its strangers are `n_reference` of `ForgetTask.unknown`).
     """
 
     layers: tuple[int, ...] | None = (0, 1, 2, 3)
@@ -154,6 +165,7 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     lambda_choice: float = 2.0
     lambda_neighbours: float = 100.0
     n_choice_strangers: int = 8
+    lambda_name: float = 1.0
     deep_steps: int = 3
     idk_answer: str = UNKNOWN_ANSWER
 
@@ -194,6 +206,9 @@ class SAEGuidedDeep(SAEGuided):
             ]
         )
         self.idk = NamedFacts.build(model, idk, task.prepend_bos)
+        # every name token and its kind, for L_name
+        self.name_positions = (self.idk.name_rows, self.idk.name_cols)
+        self.name_kinds = _name_token_kinds(model.tokenizer, self.idk.batch.tokens, *self.name_positions)
         if cfg.key_positions == "last":
             last = self.idk.name_offsets == 0
             self.idk = replace(
@@ -218,6 +233,12 @@ class SAEGuidedDeep(SAEGuided):
             if cfg.lambda_choice > 0
             else None
         )
+        self.name_reference = (
+            _stranger_name_logprob(model, task, cfg.n_reference, cfg.seed, cfg.idk_answer)
+            if cfg.lambda_name > 0
+            else None
+        )
+        self.target_index = {e.name: i for i, e in enumerate(task.targets)}
         self.prefix = (
             _PrefixLines.build(model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed)
             if cfg.n_prefix_lines > 0
@@ -280,6 +301,12 @@ class SAEGuidedDeep(SAEGuided):
             drawn = rows.tolist()
             loss_choice = self.choices.kl(logits, sub, drawn) + self.choices.kl(patched, sub, drawn)
             loss = loss + cfg.lambda_choice * loss_choice
+        if self.name_reference is not None:
+            target = torch.tensor([self.target_index[e] for e in sub.entity], device=sub.tokens.device)
+            at, at_rows, at_cols = _select_positions(*self.name_positions, rows, len(self.idk.batch.tokens))
+            where = (sub.tokens, at_rows, at_cols, self.name_kinds[at], target, self.name_reference)
+            loss_name = _name_gap(logits, *where) + _name_gap(patched, *where)
+            loss = loss + cfg.lambda_name * loss_name
         with torch.no_grad():
             idk, idk_key = sub.greedy_hits(logits), sub.greedy_hits(patched)
         self.streak = self.streak + 1 if bool((idk & idk_key).all()) else 0
@@ -294,6 +321,8 @@ class SAEGuidedDeep(SAEGuided):
         terms = {"loss_idk": loss_idk.item(), "loss_idk_key": loss_idk_key.item(), "loss_keep": loss_keep.item()}
         if self.choices is not None:
             terms["loss_choice"] = loss_choice.item()
+        if self.name_reference is not None:
+            terms["loss_name"] = loss_name.item()
         return StepOutput(
             loss=loss,
             terms=terms | {"retain_kl": loss_keep.item()},
@@ -496,3 +525,75 @@ def _first_answer_logprobs(
     """Log-probabilities of each line's first answer token over the vocabulary."""
     position = lines.first_answer_position()
     return logits[torch.arange(len(position), device=logits.device), position].log_softmax(-1)
+
+
+def _name_token_kinds(
+    tokenizer,
+    tokens: Int[torch.Tensor, "batch pos"],
+    name_rows: Int[torch.Tensor, " n"],
+    name_cols: Int[torch.Tensor, " n"],
+) -> Int[torch.Tensor, " n"]:
+    """Each name token's kind (`name_rows`, `name_cols` in line and column order, as `NamedFacts` holds them):
+    0 a name's first token, 1 a later one that starts a word, 2 one that continues a word (how predictable a
+    token is differs most between these)."""
+    later = torch.zeros_like(name_rows, dtype=torch.bool)
+    later[1:] = (name_rows[1:] == name_rows[:-1]) & (name_cols[1:] == name_cols[:-1] + 1)
+    pieces = tokenizer.convert_ids_to_tokens(tokens[name_rows, name_cols].tolist())
+    starts_word = torch.tensor([piece.startswith(("Ġ", "▁", " ")) for piece in pieces], device=name_rows.device)
+    return torch.where(later, torch.where(starts_word, 1, 2), 0)
+
+
+def _name_logprobs(
+    logits: Float[torch.Tensor, "batch pos vocab"],
+    tokens: Int[torch.Tensor, "batch pos"],
+    name_rows: Int[torch.Tensor, " n"],
+    name_cols: Int[torch.Tensor, " n"],
+) -> Float[torch.Tensor, " n"]:
+    """Each name token's log-probability given what precedes it."""
+    logprob = logits[name_rows, name_cols - 1].log_softmax(-1)
+    return logprob.gather(-1, tokens[name_rows, name_cols][:, None]).squeeze(-1)
+
+
+def _name_gap(
+    logits: Float[torch.Tensor, "batch pos vocab"],
+    tokens: Int[torch.Tensor, "batch pos"],
+    name_rows: Int[torch.Tensor, " n"],
+    name_cols: Int[torch.Tensor, " n"],
+    kind: Int[torch.Tensor, " n"],
+    target: Int[torch.Tensor, " batch"],
+    reference: Float[torch.Tensor, " kinds"],
+) -> Float[torch.Tensor, ""]:
+    """L_name: over the targets in these lines (`target`: each line's) and the kinds of name token
+    (`_name_token_kinds`), the squared gap between the mean log-probability of a target's tokens of a kind and
+    the strangers' (`reference`; NaN where they have none of that kind)."""
+    n_kinds = len(reference)
+    group = target[name_rows] * n_kinds + kind
+    size = (int(target.max()) + 1) * n_kinds
+    logprob = _name_logprobs(logits, tokens, name_rows, name_cols)
+    n = torch.zeros(size, device=logits.device).index_add_(0, group, torch.ones_like(logprob))
+    total = torch.zeros_like(n).index_add_(0, group, logprob)
+    wanted = reference.repeat(size // n_kinds)
+    present = (n > 0) & wanted.isfinite()
+    if not bool(present.any()):
+        return logits.new_zeros(())
+    return (total[present] / n[present] - wanted[present]).square().mean()
+
+
+@torch.no_grad()
+def _stranger_name_logprob(
+    model: HookedTransformer, task: ForgetTask, n: int, seed: int, idk: str
+) -> Float[torch.Tensor, " 3"] | None:
+    """Per kind of name token (`_name_token_kinds`), the mean log-probability of strangers' name tokens in the
+    task's questions (`n` of `task.unknown`, seeded) on `model` as it is: how predictable the name of someone
+    never seen is (NaN for a kind none of them has). None without strangers."""
+    strangers = random.Random(seed).sample(task.unknown, min(n, len(task.unknown)))
+    if not strangers:
+        return None
+    lines = pd.DataFrame(
+        [{"entity": e.name, "prompt": t.render(e.name), "answer": idk} for e in strangers for t in task.templates]
+    )
+    named = NamedFacts.build(model, lines, task.prepend_bos)
+    tokens, rows, cols = named.batch.tokens, named.name_rows, named.name_cols
+    kind = _name_token_kinds(model.tokenizer, tokens, rows, cols)
+    logprob = _name_logprobs(model(tokens, return_type="logits"), tokens, rows, cols)
+    return torch.stack([logprob[kind == k].mean() for k in range(3)])  # an empty kind's mean is NaN
