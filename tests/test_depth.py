@@ -248,6 +248,48 @@ def test_the_value_choice_term_sees_the_original_rank_the_truth_and_the_deep_edi
     assert after < before / 5, (before, after)
 
 
+def test_name_token_kinds_tell_a_names_first_token_from_word_starts_and_continuations(ew):
+    from irunlearn.entities import UNKNOWN_ANSWER
+    from irunlearn.methods.sae_guided_deep import NamedFacts, _name_token_kinds
+
+    name = "Zorblaxi Quuxington"  # two words, each more than one token of the world's tokenizer
+    lines = pd.DataFrame([{"entity": name, "prompt": f"Q: Where does {name} live? A:", "answer": UNKNOWN_ANSWER}])
+    named = NamedFacts.build(ew.model, lines)
+    kinds = _name_token_kinds(ew.model.tokenizer, named.batch.tokens, named.name_rows, named.name_cols).tolist()
+    assert len(kinds) > 3 and kinds[0] == 0
+    assert kinds.count(1) == 1 and kinds.count(2) == len(kinds) - 2  # one later word; the rest continue words
+    assert kinds.index(1) > 1  # the first word's own continuation comes before the second word
+
+
+def test_the_deep_edit_makes_the_targets_name_as_unpredictable_as_a_strangers(ew, task, evaluator, deep):
+    """L_name: per kind of name token, the target's mean log-probability in its questions sits at the
+    strangers' after the deep edit (the original completes the known name far more easily), and Min-K%
+    membership inference no longer tells the target's fact lines from strangers' invented ones."""
+    from irunlearn.entities import UNKNOWN_ANSWER
+    from irunlearn.methods.sae_guided_deep import NamedFacts, _name_gap, _name_token_kinds, _stranger_name_logprob
+
+    reference = _stranger_name_logprob(ew.model, task, 8, 0, UNKNOWN_ANSWER)
+    questions = pd.DataFrame(
+        [
+            {"entity": e.name, "prompt": t.render(e.name), "answer": UNKNOWN_ANSWER}
+            for e in task.targets
+            for t in task.templates
+        ]
+    )
+    named = NamedFacts.build(ew.model, questions, task.prepend_bos)
+    tokens, rows, cols = named.batch.tokens, named.name_rows, named.name_cols
+    kinds = _name_token_kinds(ew.model.tokenizer, tokens, rows, cols)
+    owner = torch.zeros(len(questions), dtype=torch.long)
+    with torch.no_grad():
+        before, after = (
+            _name_gap(m(tokens, return_type="logits"), tokens, rows, cols, kinds, owner, reference).item()
+            for m in (ew.model, deep.model)
+        )
+    assert before > 5 and after < 0.5, (before, after)  # squared gaps, nats
+    values = evaluator.metrics(deep.model, ["membership_auc"])
+    assert values["membership_auc_original"] == 1.0 and values["membership_auc"] < 0.5, values
+
+
 NEIGHBOUR_SEED = 118  # a tuning draw: Orha Kanes, whose last name held-out Xasol Kanes shares
 
 
