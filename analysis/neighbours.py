@@ -1,13 +1,15 @@
 """Made-up neighbours (`lambda_neighbours`, sae_guided's L_nbr): do held-out name-sharers keep their answers?
 
     python analysis/neighbours.py [--seeds 100 101 102 103 110 111 112 116 117 118] [--weights 0 100]
+                                  [--method sae_guided_deep]
 
-For the first target of `resolve_targets(ew, n_random=5, seed=s)` forgotten alone with `sae_guided` at each
-weight of L_nbr, through `irunlearn.run` with the `sharer_retain` metric: how much of their
-answers each held-out person who shares the target's last or first name keeps, everyone else's, retain_acc,
-forget_acc, idk_rate, steps and seconds. The default seeds are tuning draws chosen because their targets
-have held-out name-sharers (never the evaluation seeds 0-2). Writes analysis/results/neighbours.md and
-neighbours_runs.csv.
+For the first target of `resolve_targets(ew, n_random=5, seed=s)` forgotten alone with `--method` (default
+`sae_guided`; `sae_guided_deep` runs L_nbr in its stage 1) at each weight of L_nbr, through `irunlearn.run`
+with the `sharer_retain` metric: how much of their answers each held-out person who shares the target's last
+or first name keeps, everyone else's, retain_acc, forget_acc, idk_rate, steps and seconds. The default seeds
+are tuning draws chosen because their targets have held-out name-sharers (never the evaluation seeds 0-2).
+Writes analysis/results/neighbours.md and neighbours_runs.csv (`neighbours_<method>.md` / `_runs.csv` for
+another method).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(TUNING_SEEDS))
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 100.0])
+    parser.add_argument("--method", default="sae_guided", choices=["sae_guided", "sae_guided_deep"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     ew = load_world()
@@ -52,7 +55,7 @@ def main() -> None:
                 bench,
                 ew.model,
                 ew.sae,
-                ["sae_guided"],
+                [args.method],
                 targets=[target],
                 recognizer=recognizer,
                 genuineness=False,
@@ -78,10 +81,12 @@ def main() -> None:
             print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     runs = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
-    runs.to_csv(RESULTS / "neighbours_runs.csv", index=False)
-    (RESULTS / "neighbours.md").write_text(
-        "# Made-up neighbours: `python analysis/neighbours.py`\n\n"
-        "sae_guided on one target alone (the first of `resolve_targets(ew, n_random=5, seed=s)`, tuning draws "
+    name = "neighbours" if args.method == "sae_guided" else f"neighbours_{args.method}"
+    command = "python analysis/neighbours.py" + ("" if args.method == "sae_guided" else f" --method {args.method}")
+    runs.to_csv(RESULTS / f"{name}_runs.csv", index=False)
+    (RESULTS / f"{name}.md").write_text(
+        f"# Made-up neighbours: `{command}`\n\n"
+        f"{args.method} on one target alone (the first of `resolve_targets(ew, n_random=5, seed=s)`, tuning draws "
         "with held-out name-sharers), without and with L_nbr. `last_name_sharers`: each held-out person sharing "
         "the target's last name and the fraction of their answers kept.\n\n" + markdown(runs)
     )
