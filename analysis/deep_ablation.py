@@ -1,17 +1,19 @@
 """Which of sae_guided_deep's terms costs what: the method as shipped and with one term off, same targets.
 
-    python analysis/deep_ablation.py [--seeds 100 101] [--targets 5]
+    python analysis/deep_ablation.py [--seeds 100 101] [--targets 5] [--settings shipped "lambda_name 0"]
 
 For `--targets` known people drawn by `resolve_targets(ew, n_random=N, seed=s)` and forgotten together (the
 default seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.run` per setting of
-`SETTINGS`: the shipped defaults, L_nbr off (`lambda_neighbours=0`) and L_choice off (`lambda_choice=0`),
-with retain, perplexity ratio, forgetting, steps and seconds. Writes analysis/results/deep_ablation.md and
-deep_ablation_runs.csv.
+`SETTINGS`: the shipped defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`) and
+L_name off (`lambda_name=0`) (`--settings`: some of them), with retain, perplexity ratio, forgetting,
+membership AUC, forced choice, steps and seconds. Writes analysis/results/deep_ablation.md and
+deep_ablation_runs.csv (`deep_ablation_<N>targets.*` for `--targets` other than 5).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,14 +26,31 @@ from irunlearn.world.recognition import recognize_world
 from irunlearn.world.tasks import resolve_targets
 
 RESULTS = Path(__file__).parent / "results"
-SETTINGS = {"shipped": {}, "lambda_neighbours 0": {"lambda_neighbours": 0.0}, "lambda_choice 0": {"lambda_choice": 0.0}}
-COLUMNS = ("retain_acc", "ppl_ratio", "forget_acc", "idk_rate", "probe_p_known_sae", "probe_p_known_resid", "steps")
+SETTINGS = {
+    "shipped": {},
+    "lambda_neighbours 0": {"lambda_neighbours": 0.0},
+    "lambda_choice 0": {"lambda_choice": 0.0},
+    "lambda_name 0": {"lambda_name": 0.0},
+}
+COLUMNS = (
+    "retain_acc",
+    "ppl_ratio",
+    "forget_acc",
+    "idk_rate",
+    "probe_p_known_sae",
+    "probe_p_known_resid",
+    "membership_auc",
+    "forced_choice",
+    "forced_choice_stranger",
+    "steps",
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     parser.add_argument("--targets", type=int, default=5)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
     torch.set_num_threads(1)
     ew = load_world()
@@ -40,7 +59,8 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         targets = [t.name for t in resolve_targets(ew, n_random=args.targets, seed=seed)]
-        for label, overrides in SETTINGS.items():
+        for label in args.settings:
+            overrides = SETTINGS[label]
             results = irunlearn.run(
                 bench,
                 ew.model,
@@ -50,6 +70,7 @@ def main() -> None:
                 recognizer=recognizer,
                 genuineness=False,
                 progress=False,
+                metrics=["membership_auc", "forced_choice"],
                 **overrides,
             )
             summary = results.summary.iloc[0]
@@ -59,9 +80,11 @@ def main() -> None:
             print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     runs = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
-    runs.to_csv(RESULTS / "deep_ablation_runs.csv", index=False)
-    (RESULTS / "deep_ablation.md").write_text(
-        "# sae_guided_deep, one term off at a time: `python analysis/deep_ablation.py`\n\n"
+    name = "deep_ablation" if args.targets == 5 else f"deep_ablation_{args.targets}targets"
+    command = " ".join(["python analysis/deep_ablation.py", *sys.argv[1:]])
+    runs.to_csv(RESULTS / f"{name}_runs.csv", index=False)
+    (RESULTS / f"{name}.md").write_text(
+        f"# sae_guided_deep, one term off at a time: `{command}`\n\n"
         f"{args.targets} known people forgotten together per seed (tuning draws), through `irunlearn.run`.\n\n"
         + markdown(runs)
     )
