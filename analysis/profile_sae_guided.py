@@ -1,10 +1,11 @@
 """Where `sae_guided`'s time goes: cProfile of one forgetting run, 1 target and 10 together.
 
-    python analysis/profile_sae_guided.py [--targets 1,10] [--seed 0]
+    python analysis/profile_sae_guided.py [--targets 1,10] [--seed 0] [--method sae_guided_deep]
 
 For each run: wall time and steps, then the functions with the largest cumulative time (irunlearn's own
 and torch's backward / optimiser step), with their share of the run and seconds per step. Writes
-analysis/results/profile_sae_guided.md.
+analysis/results/profile_sae_guided.md (`profile_sae_guided_deep.md` with `--method sae_guided_deep`, whose
+stage-2 phases are listed too).
 """
 
 from __future__ import annotations
@@ -37,15 +38,19 @@ PHASES = [
     ("backward", "torch/_tensor.py", "backward"),
     ("optimiser step", "torch/optim/adam.py", "step"),
     ("weight snapshot (rollback)", "irunlearn/methods/params.py", "snapshot"),
+    ("deep: whole setup (sae_guided's setup above included)", "irunlearn/methods/sae_guided_deep.py", "setup"),
+    ("  made-up neighbours (L_nbr)", "irunlearn/methods/sae_guided.py", "made_up_neighbours"),
+    ("  stage 2's line sets (questions, virtual sharers, values)", "irunlearn/methods/sae_guided_deep.py", "build"),
+    ("deep: stage-2 steps", "irunlearn/methods/sae_guided_deep.py", "_deep_step"),
     ("HookedTransformer.forward (all calls)", "transformer_lens/HookedTransformer.py", "forward"),
 ]
 
 
-def profile_run(ew, recognizer, n_targets: int, seed: int) -> tuple[dict, pd.DataFrame]:
+def profile_run(ew, recognizer, n_targets: int, seed: int, method: str) -> tuple[dict, pd.DataFrame]:
     task = world_task(ew, resolve_targets(ew, n_random=n_targets, seed=seed), recognizer)
     profiler = cProfile.Profile()
     profiler.enable()
-    result = forget(ew.model, ew.sae, task, method="sae_guided", seed=seed, progress=False)
+    result = forget(ew.model, ew.sae, task, method=method, seed=seed, progress=False)
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # {(file, line, func): (calls, ncalls, tottime, cumtime, callers)}
     total = next(v[3] for k, v in stats.items() if k[2] == "_optimise")
@@ -77,19 +82,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="1,10")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default="sae_guided", choices=["sae_guided", "sae_guided_deep"])
     args = parser.parse_args()
     ew = load_world()
     recognizer, _ = recognize_world(ew, progress=False)
     summaries, sections = [], []
     for n in (int(v) for v in args.targets.split(",")):
-        summary, phases = profile_run(ew, recognizer, n, args.seed)
+        summary, phases = profile_run(ew, recognizer, n, args.seed, args.method)
+        if args.method == "sae_guided":  # the deep method's phases do not run
+            phases = phases[~phases["phase"].str.startswith(("deep", "  made-up", "  stage 2"))]
         summaries.append(summary)
         sections += [f"## {n} target(s)", "", markdown(phases)]
     text = "\n".join(
         [
-            "# Profile of sae_guided (embedded world, cProfile)",
+            f"# Profile of {args.method} (embedded world, cProfile)",
             "",
-            f"{torch.get_num_threads()} torch thread(s), CPU. Produced by `python analysis/profile_sae_guided.py`. "
+            f"{torch.get_num_threads()} torch thread(s), CPU. Produced by `python analysis/profile_sae_guided.py"
+            + ("" if args.method == "sae_guided" else f" --method {args.method}")
+            + "`. "
             "Cumulative times overlap (a phase includes the ones indented under it); cProfile slows Python-heavy "
             "code more than torch kernels.",
             "",
@@ -99,7 +109,7 @@ def main() -> None:
     )
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "profile_sae_guided.md").write_text(text)
+    (RESULTS / f"profile_{args.method}.md").write_text(text)
 
 
 if __name__ == "__main__":
