@@ -226,22 +226,15 @@ def test_the_value_choice_term_sees_the_original_rank_the_truth_and_the_deep_edi
     with its own token); its reference is a ranking (sums to 1 per question); the original model, which
     knows the target, is far from the strangers' ranking; the deep edit, which trained on it, is close."""
     from irunlearn.entities import UNKNOWN_ANSWER
-    from irunlearn.methods.base import AnswerBatch
-    from irunlearn.methods.sae_guided_deep import _ValueChoices
+    from irunlearn.methods.sae_guided_deep import NamedFacts, _ValueChoices
 
-    questions = pd.DataFrame(
-        [
-            {"entity": e.name, "prompt": t.render(e.name), "answer": UNKNOWN_ANSWER}
-            for e in task.targets
-            for t in task.templates
-        ]
-    )
+    questions = NamedFacts.questions(ew.model, task.targets, task.templates, UNKNOWN_ANSWER, task.prepend_bos)
     choices = _ValueChoices.build(ew.model, task, n_strangers=8, seed=0, idk=UNKNOWN_ANSWER)
     values = attribute_values(task.retain)
     for row, template in enumerate(task.templates):
         assert len(choices.tokens[row]) == len(values[template.attribute]), template.attribute
     assert all(torch.isclose(r.sum(), torch.tensor(1.0)) for r in choices.reference if len(r))
-    lines, rows = AnswerBatch.build(ew.model, questions, task.prepend_bos), list(range(len(questions)))
+    lines, rows = questions.batch, list(range(len(questions.facts)))
     with torch.no_grad():
         before = choices.kl(ew.model(lines.tokens, return_type="logits"), lines, rows).item()
         after = choices.kl(deep.model(lines.tokens, return_type="logits"), lines, rows).item()
@@ -269,17 +262,10 @@ def test_the_deep_edit_makes_the_targets_name_as_unpredictable_as_a_strangers(ew
     from irunlearn.methods.sae_guided_deep import NamedFacts, _name_gap, _name_token_kinds, _stranger_name_logprob
 
     reference = _stranger_name_logprob(ew.model, task, 8, 0, UNKNOWN_ANSWER)
-    questions = pd.DataFrame(
-        [
-            {"entity": e.name, "prompt": t.render(e.name), "answer": UNKNOWN_ANSWER}
-            for e in task.targets
-            for t in task.templates
-        ]
-    )
-    named = NamedFacts.build(ew.model, questions, task.prepend_bos)
+    named = NamedFacts.questions(ew.model, task.targets, task.templates, UNKNOWN_ANSWER, task.prepend_bos)
     tokens, rows, cols = named.batch.tokens, named.name_rows, named.name_cols
     kinds = _name_token_kinds(ew.model.tokenizer, tokens, rows, cols)
-    owner = torch.zeros(len(questions), dtype=torch.long)
+    owner = torch.zeros(len(named.facts), dtype=torch.long)
     with torch.no_grad():
         before, after = (
             _name_gap(m(tokens, return_type="logits"), tokens, rows, cols, kinds, owner, reference).item()

@@ -66,11 +66,11 @@ from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
 
 from irunlearn.activations import patched_logits, stop_layer
-from irunlearn.entities import UNKNOWN_ANSWER, attribute_values
+from irunlearn.entities import UNKNOWN_ANSWER, Entity, attribute_values
 from irunlearn.lm import encode_lines
 from irunlearn.methods.base import AnswerBatch, ForgetTask, StepOutput, kl_to_reference
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig, shares_a_name_word
-from irunlearn.prompts import _last_token_covering
+from irunlearn.prompts import Template, _last_token_covering
 
 
 @dataclass
@@ -124,6 +124,15 @@ class NamedFacts:
             index(question_rows),
             index(question_cols),
         )
+
+    @classmethod
+    def questions(
+        cls, model: HookedTransformer, people: list[Entity], templates: list[Template], answer: str, prepend_bos: bool
+    ) -> NamedFacts:
+        """Each of `people`'s questions in each of `templates`, all answered `answer`, person by person: line r
+        asks person r div T in template r mod T (T = len(templates)), the layout the method's terms index by."""
+        lines = [{"entity": e.name, "prompt": t.render(e.name), "answer": answer} for e in people for t in templates]
+        return cls.build(model, pd.DataFrame(lines), prepend_bos)
 
     def answer_logprob(self, logits: Float[torch.Tensor, "batch pos vocab"]) -> Float[torch.Tensor, " batch"]:
         """Summed log-probability of each line's answer tokens (EOS included when the lines end with it)."""
@@ -198,25 +207,12 @@ class SAEGuidedDeep(SAEGuided):
         self._train_only(model, self.stage1_params)
         self.stage, self.streak = 1, 0
         task = self.task
-        idk = pd.DataFrame(
-            [
-                {"entity": e.name, "prompt": t.render(e.name), "answer": cfg.idk_answer}
-                for e in task.targets
-                for t in task.templates
-            ]
+        self.idk = NamedFacts.questions(model, task.targets, task.templates, cfg.idk_answer, task.prepend_bos)
+        self.name_kinds = _name_token_kinds(
+            model.tokenizer, self.idk.batch.tokens, self.idk.name_rows, self.idk.name_cols
         )
-        self.idk = NamedFacts.build(model, idk, task.prepend_bos)
-        # every name token and its kind, for L_name
-        self.name_positions = (self.idk.name_rows, self.idk.name_cols)
-        self.name_kinds = _name_token_kinds(model.tokenizer, self.idk.batch.tokens, *self.name_positions)
-        if cfg.key_positions == "last":
-            last = self.idk.name_offsets == 0
-            self.idk = replace(
-                self.idk,
-                name_rows=self.idk.name_rows[last],
-                name_cols=self.idk.name_cols[last],
-                name_offsets=self.idk.name_offsets[last],
-            )
+        # the name tokens the original key is restored at: every one, or each name's last
+        self.key_at = self.idk.name_offsets == 0 if cfg.key_positions == "last" else self.idk.name_offsets >= 0
         self.key_hooks = [f"blocks.{layer}.hook_resid_post" for layer in cfg.key_layers]
         sharers = [e for e in task.retain if shares_a_name_word(e, task.targets)]
         sharer_facts = task.facts(sharers)
@@ -238,7 +234,6 @@ class SAEGuidedDeep(SAEGuided):
             if cfg.lambda_name > 0
             else None
         )
-        self.target_index = {e.name: i for i, e in enumerate(task.targets)}
         self.prefix = (
             _PrefixLines.build(model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed)
             if cfg.n_prefix_lines > 0
@@ -276,10 +271,12 @@ class SAEGuidedDeep(SAEGuided):
         rows = self._target_draw()
         sub = self.idk.batch.select(rows)
         kept, name_rows, name_cols = self.idk.name_tokens_of(rows)
+        key = self.key_at[kept]
         hook = self.key_hooks[self.deep_step % len(self.key_hooks)]
         n_answer = sub.answer_mask.sum()
         logits = model(sub.tokens, return_type="logits")
-        patched = patched_logits(model, sub.tokens, hook, name_rows, name_cols, self.original_keys[hook][kept])
+        original_key = self.original_keys[hook][kept][key]
+        patched = patched_logits(model, sub.tokens, hook, name_rows[key], name_cols[key], original_key)
         loss_idk = sub.answer_nll(logits).sum() / n_answer
         loss_idk_key = sub.answer_nll(patched).sum() / n_answer
         _, lm_rows = self._retain_draw()
@@ -302,9 +299,8 @@ class SAEGuidedDeep(SAEGuided):
             loss_choice = self.choices.kl(logits, sub, drawn) + self.choices.kl(patched, sub, drawn)
             loss = loss + cfg.lambda_choice * loss_choice
         if self.name_reference is not None:
-            target = torch.tensor([self.target_index[e] for e in sub.entity], device=sub.tokens.device)
-            at, at_rows, at_cols = _select_positions(*self.name_positions, rows, len(self.idk.batch.tokens))
-            where = (sub.tokens, at_rows, at_cols, self.name_kinds[at], target, self.name_reference)
+            target = rows // len(self.task.templates)  # each drawn line's target (`NamedFacts.questions`)
+            where = (sub.tokens, name_rows, name_cols, self.name_kinds[kept], target, self.name_reference)
             loss_name = _name_gap(logits, *where) + _name_gap(patched, *where)
             loss = loss + cfg.lambda_name * loss_name
         with torch.no_grad():
@@ -589,10 +585,7 @@ def _stranger_name_logprob(
     strangers = random.Random(seed).sample(task.unknown, min(n, len(task.unknown)))
     if not strangers:
         return None
-    lines = pd.DataFrame(
-        [{"entity": e.name, "prompt": t.render(e.name), "answer": idk} for e in strangers for t in task.templates]
-    )
-    named = NamedFacts.build(model, lines, task.prepend_bos)
+    named = NamedFacts.questions(model, strangers, task.templates, idk, task.prepend_bos)
     tokens, rows, cols = named.batch.tokens, named.name_rows, named.name_cols
     kind = _name_token_kinds(model.tokenizer, tokens, rows, cols)
     logprob = _name_logprobs(model(tokens, return_type="logits"), tokens, rows, cols)
