@@ -254,7 +254,7 @@ def membership_auc_metric(evaluator: Evaluator, model: HookedTransformer) -> Met
     never saw scores about like the strangers; the oracles of the standard forget sets score 0.37-0.45, the
     original model 1. Per item: each line's Min-K% score (`model`'s)."""
     auc, per_item = mia_auc(evaluator, model)
-    original, _ = mia_auc(evaluator, evaluator.model)
+    original = evaluator.reference("mia_auc_original", lambda: mia_auc(evaluator, evaluator.model)[0])
     return MetricResult({"membership_auc": auc, "membership_auc_original": original}, per_item)
 
 
@@ -275,7 +275,7 @@ def privleak_metric(evaluator: Evaluator, model: HookedTransformer) -> MetricRes
     Deviation: the holdout set is `holdout_strangers` (MUSE's is held-out text from the same source).
     """
     auc, per_item = mia_auc(evaluator, model)
-    oracle_auc, _ = mia_auc(evaluator, evaluator.oracle)
+    oracle_auc = evaluator.reference("mia_auc_oracle", lambda: mia_auc(evaluator, evaluator.oracle)[0])
     score, ref = 1 - auc, 1 - oracle_auc
     values = {"privleak": (score - ref) / (ref + 1e-10) * 100, "mia_auc": auc, "oracle_mia_auc": oracle_auc}
     return MetricResult(values, per_item)
