@@ -1,13 +1,16 @@
-"""Which of sae_guided_deep's terms costs what: the method as shipped and with one term off, same targets.
+"""Which of sae_guided_deep's terms costs what: as shipped, with one term off or an opt-in one on, same targets.
 
-    python analysis/deep_ablation.py [--seeds 100 101] [--targets 5] [--settings shipped "lambda_name 0"]
+    python analysis/deep_ablation.py [--seeds 100 101] [--targets 5] [--settings shipped "lambda_name 0"] [--tag T]
 
 For `--targets` known people drawn by `resolve_targets(ew, n_random=N, seed=s)` and forgotten together (the
 default seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.run` per setting of
-`SETTINGS`: the shipped defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`) and
-L_name off (`lambda_name=0`) (`--settings`: some of them), with retain, perplexity ratio, forgetting,
-membership AUC, forced choice, steps and seconds. Writes analysis/results/deep_ablation.md and
-deep_ablation_runs.csv (`deep_ablation_<N>targets.*` for `--targets` other than 5).
+`SETTINGS`: the shipped defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`),
+L_name off (`lambda_name=0`), and the opt-in terms on: the made-up neighbours held after the deep layers
+(`lambda_neighbours_deep=100`), last-word virtual sharers (`sharer_parts=("prefix", "last")`) and both
+(`--settings`: some of them), with retain (the held-out name-sharers' mean and worst apart), perplexity ratio,
+forgetting, membership AUC, forced choice, key restoration (worst layer), steps and seconds. Writes
+analysis/results/deep_ablation.md and deep_ablation_runs.csv (`deep_ablation_<N>targets.*` for `--targets`
+other than 5, `_<tag>` appended with `--tag`).
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ SETTINGS = {
     "lambda_neighbours 0": {"lambda_neighbours": 0.0},
     "lambda_choice 0": {"lambda_choice": 0.0},
     "lambda_name 0": {"lambda_name": 0.0},
+    "neighbours_deep 100": {"lambda_neighbours_deep": 100.0},
+    "last-word sharers": {"sharer_parts": ("prefix", "last")},
+    "both opt-ins": {"lambda_neighbours_deep": 100.0, "sharer_parts": ("prefix", "last")},
 }
 COLUMNS = (
     "retain_acc",
+    "retain_sharers",
+    "retain_sharers_min",
     "ppl_ratio",
     "forget_acc",
     "idk_rate",
@@ -42,6 +50,7 @@ COLUMNS = (
     "membership_auc",
     "forced_choice",
     "forced_choice_stranger",
+    "key_restoration",
     "steps",
 )
 
@@ -51,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     parser.add_argument("--targets", type=int, default=5)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--tag", help="appended to the results' file names, so another run's files are kept")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ew = load_world()
@@ -70,7 +80,7 @@ def main() -> None:
                 recognizer=recognizer,
                 genuineness=False,
                 progress=False,
-                metrics=["membership_auc", "forced_choice"],
+                metrics=["membership_auc", "forced_choice", "sharer_retain", "key_restoration"],
                 **overrides,
             )
             summary = results.summary.iloc[0]
@@ -81,10 +91,11 @@ def main() -> None:
     runs = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
     name = "deep_ablation" if args.targets == 5 else f"deep_ablation_{args.targets}targets"
+    name = f"{name}_{args.tag}" if args.tag else name
     command = " ".join(["python analysis/deep_ablation.py", *sys.argv[1:]])
     runs.to_csv(RESULTS / f"{name}_runs.csv", index=False)
     (RESULTS / f"{name}.md").write_text(
-        f"# sae_guided_deep, one term off at a time: `{command}`\n\n"
+        f"# sae_guided_deep, one term off or an opt-in on at a time: `{command}`\n\n"
         f"{args.targets} known people forgotten together per seed (tuning draws), through `irunlearn.run`.\n\n"
         + markdown(runs)
     )

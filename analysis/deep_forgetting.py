@@ -9,17 +9,19 @@ Each row is one `irunlearn.run` with the depth metrics as extra registered metri
 row of its own (`baselines=["original"]`), its relearning not run (it answers every held fact at step 0).
 These seed-drawn targets have no oracle; the standard forget sets against theirs are `oracle_table.py`'s.
 
-    python analysis/deep_forgetting.py [--seeds 0 1 2] [--methods sae_guided sae_guided_deep ...]
+    python analysis/deep_forgetting.py [--seeds 0 1 2] [--methods sae_guided sae_guided_deep ...] [--tag T]
 
 Writes analysis/results/deep_forgetting.md, deep_forgetting_runs.csv (one row per case × method),
 deep_forgetting_curves.csv (every attack × lr × step) and deep_forgetting_locate.csv, appending case by case
-so an interrupted run keeps what it finished (`--resume` skips finished cases).
+so an interrupted run keeps what it finished (`--resume` skips finished cases). `--tag T` writes
+deep_forgetting_T.md, deep_forgetting_T_runs.csv, ... instead (a tuning check beside the evaluation's files).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,13 +83,14 @@ def run_case(ew, bench, recognizer, case: str, targets, methods, relearn: str) -
         yield row, curves.assign(case=case)
 
 
-def markdown(runs: pd.DataFrame, heat: pd.DataFrame) -> str:
+def markdown(runs: pd.DataFrame, heat: pd.DataFrame, command: str) -> str:
     """The report: per case and method, the depth columns and the existing ones."""
     out = [
-        "# Deep forgetting (issue #21): `python analysis/deep_forgetting.py`",
+        f"# Deep forgetting (issue #21): `{command}`",
         "",
-        "Evaluation targets: `resolve_targets(ew, n_random=5, seed=s)` forgotten together (`five_s{s}`) and the first "
-        "of them alone (`single_s{s}`). Tuning used other seeds only (single targets of seeds 100–103). "
+        "Targets: `resolve_targets(ew, n_random=5, seed=s)` forgotten together (`five_s{s}`) and the first "
+        "of them alone (`single_s{s}`). Seeds 0–2 are the evaluation draws; tuning used seeds 100–103 and 110–118 "
+        "only (single targets and 5- and 10-target draws). "
         "Relearning: attacker's best "
         f"over the lrs in `deep_forgetting_curves.csv`, one run of {max(STEPS)} steps per lr (Adam, full batch), "
         "recall of the held-out facts; `_stranger`: strangers taught the same on the original model. "
@@ -134,11 +137,13 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", help="only these cases (e.g. single_s0 five_s1)")
     parser.add_argument("--singles-first", action="store_true", help="run the single-target cases first")
     parser.add_argument("--resume", action="store_true", help="skip cases already in the runs CSV")
+    parser.add_argument("--tag", help="appended to the results' file names (the locate heat map is shared)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     ew = load_world()
     recognizer = recognize_world(ew, progress=False)[0]
-    runs_path, curves_path = RESULTS / "deep_forgetting_runs.csv", RESULTS / "deep_forgetting_curves.csv"
+    name = f"deep_forgetting_{args.tag}" if args.tag else "deep_forgetting"
+    runs_path, curves_path = RESULTS / f"{name}_runs.csv", RESULTS / f"{name}_curves.csv"
     done = set(pd.read_csv(runs_path)["case"]) if args.resume and runs_path.exists() else set()  # finished or begun
     if not args.resume:
         for path in (runs_path, curves_path):
@@ -169,11 +174,12 @@ def main() -> None:
             runs.to_csv(runs_path, index=False)
             if not curves.empty:
                 curves.to_csv(curves_path, mode="a", header=not curves_path.exists(), index=False)
-            (RESULTS / "deep_forgetting.md").write_text(markdown(runs, pd.read_csv(heat_path)))
+            command = " ".join(["python analysis/deep_forgetting.py", *sys.argv[1:]])
+            (RESULTS / f"{name}.md").write_text(markdown(runs, pd.read_csv(heat_path), command))
             if not curves.empty:
                 depth.relearn_figure(
                     pd.read_csv(curves_path).query("case == @case").drop(columns="case"), f"Relearning attacks, {case}"
-                ).write_html(RESULTS / f"deep_forgetting_relearn_{case}.html", include_plotlyjs="cdn")
+                ).write_html(RESULTS / f"{name}_relearn_{case}.html", include_plotlyjs="cdn")
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ class SAEGuided(Method):
             targets = task.entity_batch(model, task.targets)[0].read(model, hook)
             unknown = task.entity_batch(model, strangers)[0].read(model, hook).mean(0) if strangers else 0.0
             scale = (targets - unknown).square().sum(-1).mean()
-            return _Neighbours(hook, batch, batch.read(model, hook), scale)
+            return _Neighbours(hook, batch, batch.read(model, hook), scale, people)
 
     def _neighbour_drift(self, model: HookedTransformer) -> Float[torch.Tensor, ""]:
         """L_nbr on a fresh draw of `neighbour_rows` of the made-up names' rows."""
@@ -416,6 +416,7 @@ class _Neighbours:
     batch: EntityBatch
     reference: Float[torch.Tensor, "n d_model"]
     scale: Float[torch.Tensor, ""]
+    people: list[Entity]
 
 
 def _hinge(

@@ -10,12 +10,14 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
               + CE(`unknown` | target question, key ← original)                   the original key restored
     L_keep    = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))     retain fact lines and generic text (sae_guided's L_lm pool)
     L_sharers = the same KL on the fact lines of retain people who share a name word with a target
-              + the same KL on retain people's fact lines with a target's shared name prefix patched in
+              + the same KL on retain people's fact lines with a part of a target's name patched in
+    L_nbr,deep = mean_{v,i} ‖h_v,i(θ) − h_v,i(θ₁)‖² / var(h(θ₁))   made-up neighbours after the deep layers
     L_choice  = KL(r(v | template) ‖ q_θ(v | target question))   over the attribute's values v, `unknown` left out
               + the same with key ← original
     L_name    = mean_{target, kind} (mean log p_θ(name tokens of that kind | what precedes) − m_U,kind)²
               + the same with key ← original
-    L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_choice · L_choice + λ_name · L_name
+    L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_nbr,deep · L_nbr,deep
+              + λ_choice · L_choice + λ_name · L_name
 
 "key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for
 each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer must
@@ -27,7 +29,18 @@ name, which anyone may share) or, if longer, the leading tokens some retain pers
 ("Velvel" of "Velvel Tevdan" and "Velvel Roti"); every residual up to there is the same in both prompts. In
 other people's fact lines the key layer's residual at their name's first tokens is replaced by the target's
 shared prefix (the original model's in the reference, the stage-1 model's in the edit): whoever follows that
-prefix must keep their answers.
+prefix must keep their answers. With `sharer_parts` holding `"last"`, other lines get the target's last word
+instead, at their own last word (when it has as many tokens): its residual read in the target-named copy
+of the line, the original's in both the reference and the edit, since a last-name sharer's first name differs
+and L_nbr keeps what block 0 writes after another first name. On the original model, a person whose last
+word's state is swapped keeps most answers (their first name and the question tokens still carry them), so
+these lines hold the downstream layers to reading the target's last word as part of a known name.
+
+L_nbr,deep holds sae_guided's made-up neighbours (L_nbr's names, strangers that keep all but one word of a
+target) after stage 2's layers: h_v,i is the residual after the last of `deep_layers` at each question token
+i of their questions, θ₁ the weights stage 1 ends with (their variance scales it). A downstream change keyed
+on one word of the target's name moves those strangers too; one keyed on the whole name does not, and that
+is the change that spares the known people who share a word.
 
 L_choice asks for more than the answer `unknown`: ranked among the attribute's values (the retain people's),
 the target's true value must be no likelier than for a stranger, with the edited key and with the original
@@ -156,9 +169,12 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     name-sharers' fact lines in L_sharers per step (from a pool `retain_pool` times that). `deep_steps`:
     steps in a row every drawn target question must answer
     `idk_answer` with both keys before stage 2 stops. `n_prefix_lines`: retain fact lines per step that
-    carry a target's shared name prefix (0: none). `lambda_choice`: the weight of L_choice (0: off),
+    carry a part of a target's name, its shared prefix or last word (0: none). `lambda_choice`: the weight of L_choice (0: off),
     `n_choice_strangers` the strangers its reference averages over. `lambda_name`: the weight of L_name
-    (0: off; its strangers are `n_reference` of `ForgetTask.unknown`).
+    (0: off; its strangers are `n_reference` of `ForgetTask.unknown`). `sharer_parts`: which parts of a
+    target's name the virtual sharers carry (`prefix`, `last`). `lambda_neighbours_deep`: the weight of
+    L_nbr,deep (0: off; needs `lambda_neighbours` > 0, whose names it holds), `n_neighbour_lines` its
+    made-up neighbours' question lines per step.
     """
 
     layers: tuple[int, ...] | None = (0, 1, 2, 3)
@@ -175,8 +191,24 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     lambda_neighbours: float = 100.0
     n_choice_strangers: int = 8
     lambda_name: float = 1.0
+    sharer_parts: tuple[Literal["prefix", "last"], ...] = ("prefix", "last")
+    lambda_neighbours_deep: float = 100.0
+    n_neighbour_lines: int = 32
     deep_steps: int = 3
     idk_answer: str = UNKNOWN_ANSWER
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parts = tuple(self.sharer_parts)
+        if not parts or not set(parts) <= {"prefix", "last"}:
+            raise ValueError(
+                f"SAEGuidedDeepConfig: sharer_parts={self.sharer_parts!r} must name one or both of 'prefix', 'last'."
+            )
+        if self.lambda_neighbours_deep < 0 or (self.lambda_neighbours_deep > 0 and self.lambda_neighbours <= 0):
+            raise ValueError(
+                f"SAEGuidedDeepConfig: lambda_neighbours_deep={self.lambda_neighbours_deep!r} must be >= 0, and > 0 "
+                f"only with stage 1's made-up neighbours on (lambda_neighbours > 0, now {self.lambda_neighbours!r})."
+            )
 
 
 class SAEGuidedDeep(SAEGuided):
@@ -235,7 +267,9 @@ class SAEGuidedDeep(SAEGuided):
             else None
         )
         self.prefix = (
-            _PrefixLines.build(model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed)
+            _SharedWordLines.build(
+                model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed, cfg.sharer_parts
+            )
             if cfg.n_prefix_lines > 0
             else None
         )
@@ -245,6 +279,11 @@ class SAEGuidedDeep(SAEGuided):
             if self.sharer_tokens is not None:
                 self.sharer_ref = model(self.sharer_tokens, return_type="logits").log_softmax(-1)
         self.deep_step = 0
+        self.made_up = (
+            NamedFacts.questions(model, self.neighbours.people, task.templates, cfg.idk_answer, task.prepend_bos)
+            if cfg.lambda_neighbours_deep > 0 and self.neighbours is not None
+            else None
+        )
 
     @staticmethod
     def _train_only(model: HookedTransformer, params: list[torch.nn.Parameter]) -> None:
@@ -254,6 +293,19 @@ class SAEGuidedDeep(SAEGuided):
             if p.requires_grad or id(p) in chosen:
                 p.requires_grad_(id(p) in chosen)
 
+    def _made_up_states(
+        self, model: HookedTransformer, lines: Int[torch.Tensor, " k"]
+    ) -> Float[torch.Tensor, "n d_model"]:
+        """The residual after the last deep layer at the question tokens of the made-up neighbours' `lines`
+        (sorted), in `question_rows` order."""
+        made_up = self.made_up
+        lines = lines.to(made_up.question_rows.device)
+        kept = torch.isin(made_up.question_rows, lines)
+        renumber = torch.full((len(made_up.batch.tokens),), -1, device=lines.device)
+        renumber[lines] = torch.arange(len(lines), device=lines.device)
+        resid = model(made_up.batch.tokens[lines], stop_at_layer=max(self.config.deep_layers) + 1)
+        return resid[renumber[made_up.question_rows[kept]], made_up.question_cols[kept]]
+
     def step(self, model: HookedTransformer) -> StepOutput:
         if self.stage == 1:
             out = super().step(model)
@@ -262,8 +314,13 @@ class SAEGuidedDeep(SAEGuided):
                 return replace(out, done=False, per_target=out.per_target.assign(stage=1))
             self.stage, self.streak = 2, 0
             self._train_only(model, self.stage2_params)
-            if self.prefix is not None:  # block 0 is final now: the edit's own prefix states
-                self.prefix.edited_states = self.prefix.states(model)
+            if self.prefix is not None:  # the layers up to the key's are final now
+                self.prefix.set_edited(model)
+            if self.made_up is not None:  # where stage 1 leaves the made-up neighbours' question tokens
+                with torch.no_grad():
+                    states = self._made_up_states(model, torch.arange(len(self.made_up.batch.tokens)))
+                self.made_up_reference = states
+                self.made_up_scale = (states - states.mean(0)).square().sum(-1).mean()
         return self._deep_step(model)
 
     def _deep_step(self, model: HookedTransformer) -> StepOutput:
@@ -294,6 +351,13 @@ class SAEGuidedDeep(SAEGuided):
             draw = torch.randperm(len(self.prefix.tokens), generator=self.generator)[: cfg.n_prefix_lines]
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * self.prefix.kl(model, draw.tolist())
         loss = loss_idk + loss_idk_key + cfg.lambda_keep * loss_keep
+        if self.made_up is not None:
+            n = len(self.made_up.batch.tokens)
+            draw = torch.randperm(n, generator=self.generator)[: cfg.n_neighbour_lines].sort().values
+            drawn_tokens = torch.isin(self.made_up.question_rows, draw.to(self.made_up.question_rows.device))
+            drift = self._made_up_states(model, draw) - self.made_up_reference[drawn_tokens]
+            loss_neighbours_deep = drift.square().sum(-1).mean() / self.made_up_scale
+            loss = loss + cfg.lambda_neighbours_deep * loss_neighbours_deep
         if self.choices is not None:
             drawn = rows.tolist()
             loss_choice = self.choices.kl(logits, sub, drawn) + self.choices.kl(patched, sub, drawn)
@@ -319,6 +383,8 @@ class SAEGuidedDeep(SAEGuided):
             terms["loss_choice"] = loss_choice.item()
         if self.name_reference is not None:
             terms["loss_name"] = loss_name.item()
+        if self.made_up is not None:
+            terms["loss_neighbours_deep"] = loss_neighbours_deep.item()
         return StepOutput(
             loss=loss,
             terms=terms | {"retain_kl": loss_keep.item()},
@@ -328,13 +394,17 @@ class SAEGuidedDeep(SAEGuided):
 
 
 @dataclass
-class _PrefixLines:
-    """Retain people's fact lines with a target's shared name prefix patched in at `hook` (see the module).
+class _SharedWordLines:
+    """Retain people's fact lines with a part of a target's name patched in at `hook` (see the module).
 
-    `rows`, `cols` index the patched positions (the first `n` name tokens of each line, n = its target's
-    shared prefix length); the values are a target's residual there, from the same line with the target's
-    name in place of the retain person's: the original model's (`reference`, its log-probabilities under
-    the patch precomputed) and, from stage 2 on, the stage-1 model's (`edited_states`).
+    A part is the target's shared prefix, patched at the person's first name tokens, or the target's last
+    word, patched at the person's last word (when it has as many tokens). `rows`, `cols` index the patched
+    positions in `tokens`; `source_cols` the same tokens' positions in `swapped`, the line with the target's
+    name in place of the person's, where the patched values are read: the original model's
+    (`original_states`; `reference` holds the original's log-probabilities under that patch) and, from stage 2
+    on, the edit's (`edited_states`): a prefix's as the stage-1 model writes it (a first-name sharer's is the
+    same, word for word), a last word's still the original's (`last_word`), as a last-name sharer's is (the
+    first name differs, and L_nbr keeps such names where they were).
     """
 
     hook: str
@@ -343,65 +413,93 @@ class _PrefixLines:
     swapped: Int[torch.Tensor, "batch pos"]
     rows: Int[torch.Tensor, " n"]
     cols: Int[torch.Tensor, " n"]
+    source_cols: Int[torch.Tensor, " n"]
+    last_word: torch.Tensor  # per patched position: part of a last word
+    original_states: Float[torch.Tensor, "n d_model"]
     reference: Float[torch.Tensor, "batch pos vocab"]
     edited_states: Float[torch.Tensor, "n d_model"] | None = None
 
     @classmethod
     def build(
-        cls, model: HookedTransformer, task: ForgetTask, hook: str, n_lines: int, seed: int
-    ) -> _PrefixLines | None:
-        """Up to `n_lines` lines (seeded) for the targets whose names have a shared prefix, or None when no
-        target's has (one-word names)."""
+        cls,
+        model: HookedTransformer,
+        task: ForgetTask,
+        hook: str,
+        n_lines: int,
+        seed: int,
+        parts: tuple[Literal["prefix", "last"], ...] = ("prefix",),
+    ) -> _SharedWordLines | None:
+        """Up to `n_lines` lines (seeded), the retain facts in turn over the targets' `parts`; None when no
+        target's name has such a part (one-word names)."""
         tokenizer, bos = model.tokenizer, int(task.prepend_bos)
         template = task.templates[0]
-        spans = {e.name: _name_tokens(tokenizer, template.render(e.name), e.name) for e in task.targets + task.retain}
-        shared = {}
+        spans, leading = {}, {}  # each name's tokens, and how many of them its leading words take
+        for e in task.targets + task.retain:
+            rendered = template.render(e.name)
+            spans[e.name] = _name_tokens(tokenizer, rendered, e.name)
+            words = e.name.split(" ")[:-1]
+            leading[e.name] = len(_name_tokens(tokenizer, rendered, " ".join(words))) if words else 0
+        shared: list[tuple[str, int, bool]] = []  # (target, its tokens before the part ends / starts, last word)
         for target in task.targets:
             mine = spans[target.name]
-            *leading, last = target.name.split(" ")
-            first_words = (
-                len(_name_tokens(tokenizer, template.render(target.name), " ".join(leading))) if leading else 0
-            )
-            longest = max([first_words, *(_common_prefix(mine, spans[e.name]) for e in task.retain)])
-            if 0 < longest < len(mine):
-                shared[target.name] = longest
+            longest = max([leading[target.name], *(_common_prefix(mine, spans[e.name]) for e in task.retain)])
+            if "prefix" in parts and 0 < longest < len(mine):
+                shared.append((target.name, longest, False))
+            if "last" in parts and leading[target.name]:
+                shared.append((target.name, leading[target.name], True))
         if not shared:
             return None
         rng = torch.Generator().manual_seed(seed)
         facts = task.facts(task.retain)
         facts = facts.iloc[torch.randperm(len(facts), generator=rng).tolist()].reset_index(drop=True)
-        names, lines, swapped, positions = list(shared), [], [], []
+        lines, swapped, positions = [], [], []
         for i, row in enumerate(facts.itertuples()):
-            target = names[i % len(names)]
-            n = shared[target]
-            if len(spans[row.entity]) <= n:  # the person's own last name token must stay theirs
+            target, n, last_word = shared[i % len(shared)]
+            mine, theirs = spans[target], spans[row.entity]
+            if last_word:  # their last word has as many tokens as the target's, and their first name differs
+                k = leading[row.entity]
+                fits = k > 0 and len(theirs) - k == len(mine) - n and theirs[:k] != mine[:n]
+                cols = [(k + i, n + i) for i in range(len(mine) - n)]
+            else:  # their own last name token stays theirs
+                fits = len(theirs) > n
+                cols = [(i, i) for i in range(n)]
+            if not fits:
                 continue
             _, first, _ = _name_span(tokenizer, row.prompt, row.entity)
             lines.append(f"{row.prompt} {row.answer}")
             swapped.append(row.prompt.replace(row.entity, target, 1))
-            positions.append([first + bos + k for k in range(n)])
+            positions.append(
+                [(first + bos + mine_col, first + bos + source_col, last_word) for mine_col, source_col in cols]
+            )
             if len(lines) == n_lines:
                 break
         device = model.cfg.device
         tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=device)
         swapped_tokens, _ = encode_lines(tokenizer, swapped, model.cfg.n_ctx, task.prepend_bos, False, device=device)
-        rows = torch.tensor([r for r, cols in enumerate(positions) for _ in cols], device=device)
-        cols = torch.tensor([c for cols in positions for c in cols], device=device)
-        lines_ = cls(hook, tokens, mask, swapped_tokens, rows, cols, torch.empty(0, device=device))
+        flat = [(r, *p) for r, cols in enumerate(positions) for p in cols]
+        rows, cols, source_cols, last = (torch.tensor(column, device=device) for column in zip(*flat, strict=True))
+        empty = torch.empty(0, device=device)
+        lines_ = cls(hook, tokens, mask, swapped_tokens, rows, cols, source_cols, last, empty, empty)
         with torch.no_grad():
-            lines_.reference = lines_.forward(model, lines_.states(model), list(range(len(lines)))).log_softmax(-1)
+            lines_.original_states = lines_.states(model)
+            lines_.reference = lines_.forward(model, lines_.original_states, list(range(len(lines)))).log_softmax(-1)
         return lines_
 
     @torch.no_grad()
     def states(self, model: HookedTransformer) -> Float[torch.Tensor, "n d_model"]:
         """`model`'s residual at `hook` at the patched positions of the target-named lines."""
         _, cache = model.run_with_cache(self.swapped, names_filter=[self.hook])
-        return cache[self.hook][self.rows, self.cols]
+        return cache[self.hook][self.rows, self.source_cols]
+
+    def set_edited(self, model: HookedTransformer) -> None:
+        """The edit's states, once the layers up to `hook` are final: `model`'s for prefixes, the original's
+        for last words."""
+        self.edited_states = torch.where(self.last_word[:, None], self.original_states, self.states(model))
 
     def forward(
         self, model: HookedTransformer, states: Float[torch.Tensor, "n d_model"], index: list[int]
     ) -> Float[torch.Tensor, "batch pos vocab"]:
-        """Logits of the lines at `index` with `states` patched in at their prefix positions."""
+        """Logits of the lines at `index` with `states` patched in at their patched positions."""
         index_t = torch.tensor(index, device=self.rows.device)
         kept, rows, cols = _select_positions(self.rows, self.cols, index_t, len(self.tokens))
         return patched_logits(model, self.tokens[index_t], self.hook, rows, cols, states[kept])
