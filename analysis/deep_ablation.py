@@ -1,13 +1,13 @@
-"""Which of sae_guided_deep's terms costs what: as shipped, with one term off or an opt-in one on, same targets.
+"""Which of sae_guided_deep's terms costs what: the method as shipped and with one term off, same targets.
 
     python analysis/deep_ablation.py [--seeds 100 101] [--targets 5] [--settings shipped "lambda_name 0"] [--tag T]
 
 For `--targets` known people drawn by `resolve_targets(ew, n_random=N, seed=s)` and forgotten together (the
 default seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.run` per setting of
 `SETTINGS`: the shipped defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`),
-L_name off (`lambda_name=0`), and the opt-in terms on: the made-up neighbours held after the deep layers
-(`lambda_neighbours_deep=100`), last-word virtual sharers (`sharer_parts=("prefix", "last")`) and both
-(`--settings`: some of them), with retain (the held-out name-sharers' mean and worst apart), perplexity ratio,
+L_name off (`lambda_name=0`), L_nbr,deep off (`lambda_neighbours_deep=0`), the virtual sharers' last-word
+lines off (`sharer_parts=("prefix",)`) and both of these off, the method before they came (`--settings`: some
+of them), with retain (the held-out name-sharers' mean and worst apart), perplexity ratio,
 forgetting, membership AUC, forced choice, key restoration (worst layer), steps and seconds. Writes
 analysis/results/deep_ablation.md and deep_ablation_runs.csv (`deep_ablation_<N>targets.*` for `--targets`
 other than 5, `_<tag>` appended with `--tag`).
@@ -34,9 +34,9 @@ SETTINGS = {
     "lambda_neighbours 0": {"lambda_neighbours": 0.0},
     "lambda_choice 0": {"lambda_choice": 0.0},
     "lambda_name 0": {"lambda_name": 0.0},
-    "neighbours_deep 100": {"lambda_neighbours_deep": 100.0},
-    "last-word sharers": {"sharer_parts": ("prefix", "last")},
-    "both opt-ins": {"lambda_neighbours_deep": 100.0, "sharer_parts": ("prefix", "last")},
+    "lambda_neighbours_deep 0": {"lambda_neighbours_deep": 0.0},
+    "prefix sharers only": {"sharer_parts": ("prefix",)},
+    "both off": {"lambda_neighbours_deep": 0.0, "sharer_parts": ("prefix",)},
 }
 COLUMNS = (
     "retain_acc",
@@ -95,7 +95,7 @@ def main() -> None:
     command = " ".join(["python analysis/deep_ablation.py", *sys.argv[1:]])
     runs.to_csv(RESULTS / f"{name}_runs.csv", index=False)
     (RESULTS / f"{name}.md").write_text(
-        f"# sae_guided_deep, one term off or an opt-in on at a time: `{command}`\n\n"
+        f"# sae_guided_deep, one term off at a time: `{command}`\n\n"
         f"{args.targets} known people forgotten together per seed (tuning draws), through `irunlearn.run`.\n\n"
         + markdown(runs)
     )
