@@ -167,10 +167,10 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     the name tokens stage 2 patches in; `key_positions`: at every name token (`name`) or the last only
     (`last`). `lambda_keep`, `lambda_sharers`: the weights of L_keep and L_sharers. `n_sharer_lines`:
     name-sharers' fact lines in L_sharers per step (from a pool `retain_pool` times that). `deep_steps`:
-    steps in a row every drawn target question must answer
-    `idk_answer` with both keys before stage 2 stops. `n_prefix_lines`: retain fact lines per step that
-    carry a part of a target's name, its shared prefix or last word (0: none). `lambda_choice`: the weight of L_choice (0: off),
-    `n_choice_strangers` the strangers its reference averages over. `lambda_name`: the weight of L_name
+    steps in a row every drawn target question must answer `idk_answer` with both keys before stage 2 stops.
+    `n_prefix_lines`: retain fact lines per step that carry a part of a target's name, its shared prefix or
+    last word (0: none). `lambda_choice`: the weight of L_choice (0: off), `n_choice_strangers` the
+    strangers its reference averages over. `lambda_name`: the weight of L_name
     (0: off; its strangers are `n_reference` of `ForgetTask.unknown`). `sharer_parts`: which parts of a
     target's name the virtual sharers carry (`prefix`, `last`). `lambda_neighbours_deep`: the weight of
     L_nbr,deep (0: off; needs `lambda_neighbours` > 0, whose names it holds), `n_neighbour_lines` its
@@ -266,7 +266,7 @@ class SAEGuidedDeep(SAEGuided):
             if cfg.lambda_name > 0
             else None
         )
-        self.prefix = (
+        self.virtual_sharers = (
             _SharedWordLines.build(
                 model, task, self.key_hooks[0], cfg.n_prefix_lines * cfg.retain_pool, cfg.seed, cfg.sharer_parts
             )
@@ -314,8 +314,8 @@ class SAEGuidedDeep(SAEGuided):
                 return replace(out, done=False, per_target=out.per_target.assign(stage=1))
             self.stage, self.streak = 2, 0
             self._train_only(model, self.stage2_params)
-            if self.prefix is not None:  # the layers up to the key's are final now
-                self.prefix.set_edited(model)
+            if self.virtual_sharers is not None:  # the layers up to the key's are final now
+                self.virtual_sharers.set_edited(model)
             if self.made_up is not None:  # where stage 1 leaves the made-up neighbours' question tokens
                 with torch.no_grad():
                     states = self._made_up_states(model, torch.arange(len(self.made_up.batch.tokens)))
@@ -347,9 +347,9 @@ class SAEGuidedDeep(SAEGuided):
             loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * kl_to_reference(
                 model(self.sharer_tokens[draw], return_type="logits"), self.sharer_ref[draw], self.sharer_mask[draw]
             )
-        if self.prefix is not None:
-            draw = torch.randperm(len(self.prefix.tokens), generator=self.generator)[: cfg.n_prefix_lines]
-            loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * self.prefix.kl(model, draw.tolist())
+        if self.virtual_sharers is not None:
+            draw = torch.randperm(len(self.virtual_sharers.tokens), generator=self.generator)[: cfg.n_prefix_lines]
+            loss_keep = loss_keep + cfg.lambda_sharers / cfg.lambda_keep * self.virtual_sharers.kl(model, draw.tolist())
         loss = loss_idk + loss_idk_key + cfg.lambda_keep * loss_keep
         if self.made_up is not None:
             n = len(self.made_up.batch.tokens)
