@@ -430,7 +430,7 @@ class _SharedWordLines:
         parts: tuple[Literal["prefix", "last"], ...] = ("prefix",),
     ) -> _SharedWordLines | None:
         """Up to `n_lines` lines (seeded), the retain facts in turn over the targets' `parts`; None when no
-        target's name has such a part (one-word names)."""
+        target's name has such a part (one-word names) or no retain person's name fits one."""
         tokenizer, bos = model.tokenizer, int(task.prepend_bos)
         template = task.templates[0]
         spans, leading = {}, {}  # each name's tokens, and how many of them its leading words take
@@ -459,10 +459,10 @@ class _SharedWordLines:
             if last_word:  # their last word has as many tokens as the target's, and their first name differs
                 k = leading[row.entity]
                 fits = k > 0 and len(theirs) - k == len(mine) - n and theirs[:k] != mine[:n]
-                cols = [(k + i, n + i) for i in range(len(mine) - n)]
+                cols = [(k + j, n + j) for j in range(len(mine) - n)]
             else:  # their own last name token stays theirs
                 fits = len(theirs) > n
-                cols = [(i, i) for i in range(n)]
+                cols = [(j, j) for j in range(n)]
             if not fits:
                 continue
             _, first, _ = _name_span(tokenizer, row.prompt, row.entity)
@@ -473,6 +473,8 @@ class _SharedWordLines:
             )
             if len(lines) == n_lines:
                 break
+        if not lines:  # no retain person's name fits any part
+            return None
         device = model.cfg.device
         tokens, mask = encode_lines(tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=device)
         swapped_tokens, _ = encode_lines(tokenizer, swapped, model.cfg.n_ctx, task.prepend_bos, False, device=device)
