@@ -368,3 +368,13 @@ def test_sae_guided_deep_refuses_weights_that_leave_out_a_stage(ew, task):
         forget(ew.model, ew.sae, task, method="sae_guided_deep", train_attn=False, progress=False)
     with pytest.raises(ValueError, match="key_layers must be layers 0..2"):
         forget(ew.model, ew.sae, task, method="sae_guided_deep", key_layers=(3,), progress=False)
+
+
+def test_sae_guided_deep_config_names_bad_sharer_parts_and_a_deep_neighbour_term_without_neighbours():
+    from irunlearn.methods.sae_guided_deep import SAEGuidedDeepConfig
+
+    with pytest.raises(ValueError, match="sharer_parts=\\('middle',\\)"):
+        SAEGuidedDeepConfig(sharer_parts=("middle",))
+    with pytest.raises(ValueError, match="lambda_neighbours > 0"):
+        SAEGuidedDeepConfig(lambda_neighbours=0.0, lambda_neighbours_deep=100.0)
+    assert SAEGuidedDeepConfig(lambda_neighbours=0.0, lambda_neighbours_deep=0.0).lambda_neighbours_deep == 0
