@@ -295,16 +295,15 @@ class SAEGuidedDeep(SAEGuided):
 
     def _made_up_states(
         self, model: HookedTransformer, lines: Int[torch.Tensor, " k"]
-    ) -> Float[torch.Tensor, "n d_model"]:
+    ) -> tuple[torch.Tensor, Float[torch.Tensor, "n d_model"]]:
         """The residual after the last deep layer at the question tokens of the made-up neighbours' `lines`
-        (sorted), in `question_rows` order."""
+        (sorted), in `question_rows` order, and which of those tokens they are (a mask over `question_rows`)."""
         made_up = self.made_up
-        lines = lines.to(made_up.question_rows.device)
-        kept = torch.isin(made_up.question_rows, lines)
-        renumber = torch.full((len(made_up.batch.tokens),), -1, device=lines.device)
-        renumber[lines] = torch.arange(len(lines), device=lines.device)
-        resid = model(made_up.batch.tokens[lines], stop_at_layer=max(self.config.deep_layers) + 1)
-        return resid[renumber[made_up.question_rows[kept]], made_up.question_cols[kept]]
+        kept, rows, cols = _select_positions(
+            made_up.question_rows, made_up.question_cols, lines, len(made_up.batch.tokens)
+        )
+        resid = model(made_up.batch.tokens[lines.to(rows.device)], stop_at_layer=max(self.config.deep_layers) + 1)
+        return kept, resid[rows, cols]
 
     def step(self, model: HookedTransformer) -> StepOutput:
         if self.stage == 1:
@@ -318,7 +317,7 @@ class SAEGuidedDeep(SAEGuided):
                 self.virtual_sharers.set_edited(model)
             if self.made_up is not None:  # where stage 1 leaves the made-up neighbours' question tokens
                 with torch.no_grad():
-                    states = self._made_up_states(model, torch.arange(len(self.made_up.batch.tokens)))
+                    _, states = self._made_up_states(model, torch.arange(len(self.made_up.batch.tokens)))
                 self.made_up_reference = states
                 self.made_up_scale = (states - states.mean(0)).square().sum(-1).mean()
         return self._deep_step(model)
@@ -354,8 +353,8 @@ class SAEGuidedDeep(SAEGuided):
         if self.made_up is not None:
             n = len(self.made_up.batch.tokens)
             draw = torch.randperm(n, generator=self.generator)[: cfg.n_neighbour_lines].sort().values
-            drawn_tokens = torch.isin(self.made_up.question_rows, draw.to(self.made_up.question_rows.device))
-            drift = self._made_up_states(model, draw) - self.made_up_reference[drawn_tokens]
+            drawn_tokens, states = self._made_up_states(model, draw)
+            drift = states - self.made_up_reference[drawn_tokens]
             loss_neighbours_deep = drift.square().sum(-1).mean() / self.made_up_scale
             loss = loss + cfg.lambda_neighbours_deep * loss_neighbours_deep
         if self.choices is not None:
