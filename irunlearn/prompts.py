@@ -83,15 +83,23 @@ def entity_token_positions(
 
 def _last_token_covering(tokenizer: PreTrainedTokenizerBase, prompt: str, end: int) -> tuple[list[int], int]:
     """Token ids of `prompt` and the index of the last token that starts before character `end`."""
+    ids, starts = token_starts(tokenizer, prompt)
+    return ids, last_token_before(starts, end)
+
+
+def token_starts(tokenizer: PreTrainedTokenizerBase, prompt: str) -> tuple[list[int], list[int]]:
+    """Token ids of `prompt` (no special tokens) and the character where each token's text starts."""
     if tokenizer.is_fast:
         enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-        starts = [s for s, _ in enc["offset_mapping"]]
-        ids = enc["input_ids"]
-    else:  # incremental decoding: where each token's text starts in the prompt
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        starts = [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
-    candidates = [i for i, s in enumerate(starts) if s < end]
-    return ids, candidates[-1]
+        return enc["input_ids"], [s for s, _ in enc["offset_mapping"]]
+    # incremental decoding: where each token's text starts in the prompt
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return ids, [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
+
+
+def last_token_before(starts: list[int], end: int) -> int:
+    """The index of the last token (by `token_starts`' starts) that starts before character `end`."""
+    return [i for i, s in enumerate(starts) if s < end][-1]
 
 
 def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:

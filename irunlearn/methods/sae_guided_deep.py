@@ -83,7 +83,7 @@ from irunlearn.entities import UNKNOWN_ANSWER, Entity, attribute_values
 from irunlearn.lm import encode_lines
 from irunlearn.methods.base import AnswerBatch, ForgetTask, StepOutput, kl_to_reference
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig, shares_a_name_word
-from irunlearn.prompts import Template, _last_token_covering
+from irunlearn.prompts import Template, last_token_before, token_starts
 
 
 @dataclass
@@ -274,7 +274,9 @@ class SAEGuidedDeep(SAEGuided):
             else None
         )
         with torch.no_grad():
-            _, cache = model.run_with_cache(self.idk.batch.tokens, names_filter=self.key_hooks)
+            _, cache = model.run_with_cache(
+                self.idk.batch.tokens, names_filter=self.key_hooks, stop_at_layer=max(cfg.key_layers) + 1
+            )
             self.original_keys = {hook: cache[hook][self.idk.name_rows, self.idk.name_cols] for hook in self.key_hooks}
             if self.sharer_tokens is not None:
                 self.sharer_ref = model(self.sharer_tokens, return_type="logits").log_softmax(-1)
@@ -489,7 +491,7 @@ class _SharedWordLines:
     @torch.no_grad()
     def states(self, model: HookedTransformer) -> Float[torch.Tensor, "n d_model"]:
         """`model`'s residual at `hook` at the patched positions of the target-named lines."""
-        _, cache = model.run_with_cache(self.swapped, names_filter=[self.hook])
+        _, cache = model.run_with_cache(self.swapped, names_filter=[self.hook], stop_at_layer=stop_layer(self.hook))
         return cache[self.hook][self.rows, self.source_cols]
 
     def set_edited(self, model: HookedTransformer) -> None:
@@ -518,9 +520,8 @@ def _name_span(tokenizer, prompt: str, name: str) -> tuple[list[int], int, int]:
     start = prompt.find(name)
     if start < 0:
         raise ValueError(f"Entity {name!r} does not occur in prompt {prompt!r}.")
-    ids, first = _last_token_covering(tokenizer, prompt, start + 1)
-    _, last = _last_token_covering(tokenizer, prompt, start + len(name))
-    return ids, first, last
+    ids, starts = token_starts(tokenizer, prompt)
+    return ids, last_token_before(starts, start + 1), last_token_before(starts, start + len(name))
 
 
 def _name_tokens(tokenizer, prompt: str, name: str) -> list[int]:
