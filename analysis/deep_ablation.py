@@ -1,14 +1,18 @@
 """Which of sae_guided_deep's terms costs what: the method as shipped and with one term off, same targets.
 
     python analysis/deep_ablation.py [--seeds 100 101] [--targets 5] [--settings shipped "lambda_name 0"] [--tag T]
+                                     [--relearn]
 
 For `--targets` known people drawn by `resolve_targets(ew, n_random=N, seed=s)` and forgotten together (the
 default seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.run` per setting of
 `SETTINGS`: the shipped defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`),
 L_name off (`lambda_name=0`), L_nbr,deep off (`lambda_neighbours_deep=0`), the virtual sharers' last-word
-lines off (`sharer_parts=("prefix",)`) and both of these off, the method before they came (`--settings`: some
-of them), with retain (the held-out name-sharers' mean and worst apart), perplexity ratio,
-forgetting, membership AUC, forced choice, key restoration (worst layer), steps and seconds. Writes
+lines off (`sharer_parts=("prefix",)`) and both of these off, the method before they came; and two ways
+of sparing the held-out name-sharers, a heavier L_sharers (`lambda_sharers` 300, 1000) and stage 2 on fewer
+blocks (`deep_layers`) — `--settings`: some of them. Columns: retain (the held-out name-sharers' mean and
+worst apart), perplexity ratio, forgetting, membership AUC, forced choice, key restoration (worst layer),
+steps and seconds; with `--relearn`, relearning attacks (a) half the facts and (b) one fact at 25 and 100
+steps (attacker's best lr) for the edit and for a stranger taught the same facts. Writes
 analysis/results/deep_ablation.md and deep_ablation_runs.csv (`deep_ablation_<N>targets.*` for `--targets`
 other than 5, `_<tag>` appended with `--tag`).
 """
@@ -37,7 +41,14 @@ SETTINGS = {
     "lambda_neighbours_deep 0": {"lambda_neighbours_deep": 0.0},
     "prefix sharers only": {"sharer_parts": ("prefix",)},
     "both off": {"lambda_neighbours_deep": 0.0, "sharer_parts": ("prefix",)},
+    "lambda_sharers 300": {"lambda_sharers": 300.0},
+    "lambda_sharers 1000": {"lambda_sharers": 1000.0},
+    "deep_layers (2, 3)": {"deep_layers": (2, 3)},
+    "deep_layers (3,)": {"deep_layers": (3,)},
 }
+RELEARN_COLUMNS = tuple(
+    f"relearn_{attack}_{k}{who}" for attack in ("half", "one_fact") for k in (25, 100) for who in ("", "_stranger")
+)
 COLUMNS = (
     "retain_acc",
     "retain_sharers",
@@ -61,6 +72,9 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=5)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--tag", help="appended to the results' file names, so another run's files are kept")
+    parser.add_argument(
+        "--relearn", action="store_true", help="add relearning attacks (a) and (b) (`relearn_ab`), with a stranger's"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     ew = load_world()
@@ -80,12 +94,18 @@ def main() -> None:
                 recognizer=recognizer,
                 genuineness=False,
                 progress=False,
-                metrics=["membership_auc", "forced_choice", "sharer_retain", "key_restoration"],
+                metrics=["membership_auc", "forced_choice", "sharer_retain", "key_restoration"]
+                + ["relearn_ab"] * args.relearn,
                 **overrides,
             )
             summary = results.summary.iloc[0]
             rows.append(
-                {"seed": seed, "setting": label, **{c: summary[c] for c in COLUMNS}, "seconds": summary["seconds"]}
+                {
+                    "seed": seed,
+                    "setting": label,
+                    **{c: summary[c] for c in COLUMNS + RELEARN_COLUMNS * args.relearn},
+                    "seconds": summary["seconds"],
+                }
             )
             print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     runs = pd.DataFrame(rows)
