@@ -24,12 +24,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tables import markdown
+from world_runs import WorldRuns
 
-import irunlearn
-from irunlearn import EntityBench, load_world
-from irunlearn.world.recognition import recognize_world
 from irunlearn.world.tasks import resolve_targets
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,28 +73,13 @@ def main() -> None:
         "--relearn", action="store_true", help="add relearning attacks (a) and (b) (`relearn_ab`), with a stranger's"
     )
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    ew = load_world()
-    bench = EntityBench.from_world(ew)
-    recognizer = recognize_world(ew, progress=False)[0]
+    runs = WorldRuns.load()
     rows = []
     for seed in args.seeds:
-        targets = [t.name for t in resolve_targets(ew, n_random=args.targets, seed=seed)]
+        targets = [t.name for t in resolve_targets(runs.world, n_random=args.targets, seed=seed)]
         for label in args.settings:
-            overrides = SETTINGS[label]
-            results = irunlearn.run(
-                bench,
-                ew.model,
-                ew.sae,
-                ["sae_guided_deep"],
-                targets=targets,
-                recognizer=recognizer,
-                genuineness=False,
-                progress=False,
-                metrics=["membership_auc", "forced_choice", "sharer_retain", "key_restoration"]
-                + ["relearn_ab"] * args.relearn,
-                **overrides,
-            )
+            metrics = ["membership_auc", "forced_choice", "sharer_retain", "key_restoration"]
+            results = runs.score("sae_guided_deep", targets, metrics + ["relearn_ab"] * args.relearn, **SETTINGS[label])
             summary = results.summary.iloc[0]
             rows.append(
                 {
@@ -108,16 +90,16 @@ def main() -> None:
                 }
             )
             print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
-    runs = pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
     name = "deep_ablation" if args.targets == 5 else f"deep_ablation_{args.targets}targets"
     name = f"{name}_{args.tag}" if args.tag else name
     command = " ".join(["python analysis/deep_ablation.py", *sys.argv[1:]])
-    runs.to_csv(RESULTS / f"{name}_runs.csv", index=False)
+    table.to_csv(RESULTS / f"{name}_runs.csv", index=False)
     (RESULTS / f"{name}.md").write_text(
         f"# sae_guided_deep, one term off at a time: `{command}`\n\n"
         f"{args.targets} known people forgotten together per seed (tuning draws), through `irunlearn.run`.\n\n"
-        + markdown(runs)
+        + markdown(table)
     )
 
 

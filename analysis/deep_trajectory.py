@@ -17,13 +17,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 from neighbours import sharers
 from tables import markdown
+from world_runs import WorldRuns
 
-import irunlearn
-from irunlearn import EntityBench, load_world
-from irunlearn.world.recognition import recognize_world
 from irunlearn.world.tasks import resolve_targets
 
 RESULTS = Path(__file__).parent / "results"
@@ -34,26 +31,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[111, 118, 103])
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 10, 12, 14, 16, 18, 20])
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    ew = load_world()
-    bench = EntityBench.from_world(ew)
-    recognizer = recognize_world(ew, progress=False)[0]
+    runs = WorldRuns.load()
     rows = []
     for seed in args.seeds:
-        target = resolve_targets(ew, n_random=5, seed=seed)[0].name
+        target = resolve_targets(runs.world, n_random=5, seed=seed)[0].name
         for n in args.steps:
-            results = irunlearn.run(
-                bench,
-                ew.model,
-                ew.sae,
-                ["sae_guided_deep"],
-                targets=[target],
-                recognizer=recognizer,
-                genuineness=False,
-                progress=False,
-                metrics=["sharer_retain", "key_restoration", "forced_choice"],
-                max_steps=n,
-            )
+            metrics = ["sharer_retain", "key_restoration", "forced_choice"]
+            results = runs.score("sae_guided_deep", [target], metrics, max_steps=n)
             summary, people = results.summary.iloc[0], results.items["sharer_retain"]
             named = [(who, sharers(people, target, position)) for who, position in (("last", -1), ("first", 0))]
             restored = results.items["key_restoration"].groupby("layer")["restored"].mean()
@@ -78,16 +62,16 @@ def main() -> None:
                 }
             )
             print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
-    runs = pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
-    runs.to_csv(RESULTS / "deep_trajectory_runs.csv", index=False)
+    table.to_csv(RESULTS / "deep_trajectory_runs.csv", index=False)
     command = " ".join(["python analysis/deep_trajectory.py", *sys.argv[1:]])
     (RESULTS / "deep_trajectory.md").write_text(
         f"# sae_guided_deep, the first N updates: `{command}`\n\n"
         "One tuning target alone per seed; each row is the run stopped after `max_steps` updates (stage 1 moves "
         "the key, stage 2 the layers downstream). Sharers: held-out people sharing the target's last / first "
         "name and the fraction of their answers kept; key restoration: the fraction of the target's answers "
-        "back when the original residual at the name tokens is patched in after block L.\n\n" + markdown(runs)
+        "back when the original residual at the name tokens is patched in after block L.\n\n" + markdown(table)
     )
 
 

@@ -18,12 +18,9 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tables import markdown
+from world_runs import WorldRuns
 
-import irunlearn
-from irunlearn import EntityBench, load_world
-from irunlearn.world.recognition import recognize_world
 from irunlearn.world.tasks import resolve_targets
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,26 +40,12 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 100.0])
     parser.add_argument("--method", default="sae_guided", choices=["sae_guided", "sae_guided_deep"])
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    ew = load_world()
-    bench = EntityBench.from_world(ew)
-    recognizer = recognize_world(ew, progress=False)[0]
+    runs = WorldRuns.load()
     rows = []
     for seed in args.seeds:
-        target = resolve_targets(ew, n_random=5, seed=seed)[0].name
+        target = resolve_targets(runs.world, n_random=5, seed=seed)[0].name
         for weight in args.weights:
-            results = irunlearn.run(
-                bench,
-                ew.model,
-                ew.sae,
-                [args.method],
-                targets=[target],
-                recognizer=recognizer,
-                genuineness=False,
-                progress=False,
-                metrics=["sharer_retain"],
-                lambda_neighbours=weight,
-            )
+            results = runs.score(args.method, [target], ["sharer_retain"], lambda_neighbours=weight)
             summary, people = results.summary.iloc[0], results.items["sharer_retain"]
             last, first = sharers(people, target, -1), sharers(people, target, 0)
             kept_last = zip(last["entity"], last["kept_frac"], strict=True)
@@ -79,16 +62,16 @@ def main() -> None:
                 }
             )
             print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
-    runs = pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
     name = "neighbours" if args.method == "sae_guided" else f"neighbours_{args.method}"
     command = "python analysis/neighbours.py" + ("" if args.method == "sae_guided" else f" --method {args.method}")
-    runs.to_csv(RESULTS / f"{name}_runs.csv", index=False)
+    table.to_csv(RESULTS / f"{name}_runs.csv", index=False)
     (RESULTS / f"{name}.md").write_text(
         f"# Made-up neighbours: `{command}`\n\n"
         f"{args.method} on one target alone (the first of `resolve_targets(ew, n_random=5, seed=s)`, tuning draws "
         "with held-out name-sharers), without and with L_nbr. `last_name_sharers`: each held-out person sharing "
-        "the target's last name and the fraction of their answers kept.\n\n" + markdown(runs)
+        "the target's last name and the fraction of their answers kept.\n\n" + markdown(table)
     )
 
 
