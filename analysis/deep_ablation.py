@@ -74,12 +74,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     runs = WorldRuns.load()
+    metrics = ["membership_auc", "forced_choice", "sharer_retain", "key_restoration"] + ["relearn_ab"] * args.relearn
     rows = []
     for seed in args.seeds:
         targets = [t.name for t in resolve_targets(runs.world, n_random=args.targets, seed=seed)]
         for label in args.settings:
-            metrics = ["membership_auc", "forced_choice", "sharer_retain", "key_restoration"]
-            results = runs.score("sae_guided_deep", targets, metrics + ["relearn_ab"] * args.relearn, **SETTINGS[label])
+            results = runs.score("sae_guided_deep", targets, metrics, **SETTINGS[label])
             summary = results.summary.iloc[0]
             rows.append(
                 {

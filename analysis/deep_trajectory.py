@@ -32,11 +32,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 10, 12, 14, 16, 18, 20])
     args = parser.parse_args()
     runs = WorldRuns.load()
+    metrics = ["sharer_retain", "key_restoration", "forced_choice"]
     rows = []
     for seed in args.seeds:
         target = resolve_targets(runs.world, n_random=5, seed=seed)[0].name
         for n in args.steps:
-            metrics = ["sharer_retain", "key_restoration", "forced_choice"]
             results = runs.score("sae_guided_deep", [target], metrics, max_steps=n)
             summary, people = results.summary.iloc[0], results.items["sharer_retain"]
             named = [(who, sharers(people, target, position)) for who, position in (("last", -1), ("first", 0))]

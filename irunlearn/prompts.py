@@ -69,25 +69,27 @@ def entity_token_positions(
         raise ValueError(f"{len(prompts)} prompts but {len(names)} names.")
     out = []
     for prompt, name in zip(prompts, names, strict=True):
-        start = prompt.find(name)
-        if not name or start < 0:
-            raise ValueError(
-                f"Entity {name!r} does not occur in prompt {prompt!r}. Render the prompt from a template "
-                "with the entity's exact name (names are case-sensitive)."
-            )
-        ids, last = _last_token_covering(tokenizer, prompt, start + len(name))
+        ids, _, last = name_token_span(tokenizer, prompt, name)
         bos = [bos_id(tokenizer)] if prepend_bos else []
         out.append((bos + ids, last + len(bos)))
     return out
 
 
-def _last_token_covering(tokenizer: PreTrainedTokenizerBase, prompt: str, end: int) -> tuple[list[int], int]:
-    """Token ids of `prompt` and the index of the last token that starts before character `end`."""
-    ids, starts = token_starts(tokenizer, prompt)
-    return ids, last_token_before(starts, end)
+def name_token_span(tokenizer: PreTrainedTokenizerBase, prompt: str, name: str) -> tuple[list[int], int, int]:
+    """`prompt`'s token ids (no special tokens) and the indices of the first and last token of `name` in it
+    (its first occurrence), from where each token starts: the last token starting before the name's second
+    character, and the last starting before its end."""
+    start = prompt.find(name)
+    if not name or start < 0:
+        raise ValueError(
+            f"Entity {name!r} does not occur in prompt {prompt!r}. Render the prompt from a template "
+            "with the entity's exact name (names are case-sensitive)."
+        )
+    ids, starts = _token_starts(tokenizer, prompt)
+    return ids, _last_token_before(starts, start + 1), _last_token_before(starts, start + len(name))
 
 
-def token_starts(tokenizer: PreTrainedTokenizerBase, prompt: str) -> tuple[list[int], list[int]]:
+def _token_starts(tokenizer: PreTrainedTokenizerBase, prompt: str) -> tuple[list[int], list[int]]:
     """Token ids of `prompt` (no special tokens) and the character where each token's text starts."""
     if tokenizer.is_fast:
         enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
@@ -97,8 +99,8 @@ def token_starts(tokenizer: PreTrainedTokenizerBase, prompt: str) -> tuple[list[
     return ids, [len(tokenizer.decode(ids[:i])) for i in range(len(ids))]
 
 
-def last_token_before(starts: list[int], end: int) -> int:
-    """The index of the last token (by `token_starts`' starts) that starts before character `end`."""
+def _last_token_before(starts: list[int], end: int) -> int:
+    """The index of the last token that starts before character `end`."""
     return [i for i, s in enumerate(starts) if s < end][-1]
 
 

@@ -83,7 +83,7 @@ from irunlearn.entities import UNKNOWN_ANSWER, Entity, attribute_values
 from irunlearn.lm import encode_lines
 from irunlearn.methods.base import AnswerBatch, ForgetTask, StepOutput, kl_to_reference
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig, shares_a_name_word
-from irunlearn.prompts import Template, last_token_before, token_starts
+from irunlearn.prompts import Template, name_token_span
 
 
 @dataclass
@@ -116,7 +116,7 @@ class NamedFacts:
         name_rows, name_cols, name_offsets, question_rows, question_cols = [], [], [], [], []
         bos = int(prepend_bos)
         for row, (prompt, name) in enumerate(zip(facts["prompt"], facts["entity"], strict=True)):
-            _, first, last = _name_span(model.tokenizer, prompt, name)
+            _, first, last = name_token_span(model.tokenizer, prompt, name)
             for col in range(first, last + 1):
                 name_rows.append(row)
                 name_cols.append(col + bos)
@@ -466,7 +466,7 @@ class _SharedWordLines:
                 cols = [(j, j) for j in range(n)]
             if not fits:
                 continue
-            _, first, _ = _name_span(tokenizer, row.prompt, row.entity)
+            _, first, _ = name_token_span(tokenizer, row.prompt, row.entity)
             lines.append(f"{row.prompt} {row.answer}")
             swapped.append(row.prompt.replace(row.entity, target, 1))
             positions.append(
@@ -514,19 +514,9 @@ class _SharedWordLines:
         return kl_to_reference(logits, self.reference[index_t], self.mask[index_t])
 
 
-def _name_span(tokenizer, prompt: str, name: str) -> tuple[list[int], int, int]:
-    """`prompt`'s token ids and the indices of the first and last token of `name` in it (its first
-    occurrence; no BOS counted)."""
-    start = prompt.find(name)
-    if start < 0:
-        raise ValueError(f"Entity {name!r} does not occur in prompt {prompt!r}.")
-    ids, starts = token_starts(tokenizer, prompt)
-    return ids, last_token_before(starts, start + 1), last_token_before(starts, start + len(name))
-
-
 def _name_tokens(tokenizer, prompt: str, name: str) -> list[int]:
     """The token ids of `name` as tokenized inside `prompt`."""
-    ids, first, last = _name_span(tokenizer, prompt, name)
+    ids, first, last = name_token_span(tokenizer, prompt, name)
     return ids[first : last + 1]
 
 
