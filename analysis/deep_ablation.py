@@ -42,6 +42,7 @@ SETTINGS = {
     "lambda_sharers 1000": {"lambda_sharers": 1000.0},
     "deep_layers (2, 3)": {"deep_layers": (2, 3)},
     "deep_layers (3,)": {"deep_layers": (3,)},
+    "relearning attacker": {"lambda_relearn": 10.0},
 }
 RELEARN_COLUMNS = tuple(
     f"relearn_{attack}_{k}{who}" for attack in ("half", "one_fact") for k in (25, 100) for who in ("", "_stranger")
