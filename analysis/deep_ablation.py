@@ -9,7 +9,8 @@ default seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.
 L_name off (`lambda_name=0`), L_nbr,deep off (`lambda_neighbours_deep=0`), the virtual sharers' last-word
 lines off (`sharer_parts=("prefix",)`) and both of these off, the method before they came; and two ways
 of sparing the held-out name-sharers, a heavier L_sharers (`lambda_sharers` 300, 1000) and stage 2 on fewer
-blocks (`deep_layers`) — `--settings`: some of them. Columns: retain (the held-out name-sharers' mean and
+blocks (`deep_layers`); and `sae_guided_tar` with its defaults ("relearning attacker": stage 3 against a
+simulated relearning attacker) — `--settings`: some of them. Columns: retain (the held-out name-sharers' mean and
 worst apart), perplexity ratio, forgetting, membership AUC, forced choice, key restoration (worst layer),
 steps and seconds; with `--relearn`, relearning attacks (a) half the facts and (b) one fact at 25 and 100
 steps (attacker's best lr) for the edit and for a stranger taught the same facts. Writes
@@ -42,7 +43,7 @@ SETTINGS = {
     "lambda_sharers 1000": {"lambda_sharers": 1000.0},
     "deep_layers (2, 3)": {"deep_layers": (2, 3)},
     "deep_layers (3,)": {"deep_layers": (3,)},
-    "relearning attacker": {"lambda_relearn": 10.0},
+    "relearning attacker": {"method": "sae_guided_tar"},
 }
 RELEARN_COLUMNS = tuple(
     f"relearn_{attack}_{k}{who}" for attack in ("half", "one_fact") for k in (25, 100) for who in ("", "_stranger")
@@ -80,7 +81,8 @@ def main() -> None:
     for seed in args.seeds:
         targets = [t.name for t in resolve_targets(runs.world, n_random=args.targets, seed=seed)]
         for label in args.settings:
-            results = runs.score("sae_guided_deep", targets, metrics, **SETTINGS[label])
+            overrides = dict(SETTINGS[label])
+            results = runs.score(overrides.pop("method", "sae_guided_deep"), targets, metrics, **overrides)
             summary = results.summary.iloc[0]
             rows.append(
                 {

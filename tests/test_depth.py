@@ -378,3 +378,89 @@ def test_sae_guided_deep_config_names_bad_sharer_parts_and_a_deep_neighbour_term
     with pytest.raises(ValueError, match="lambda_neighbours > 0"):
         SAEGuidedDeepConfig(lambda_neighbours=0.0, lambda_neighbours_deep=100.0)
     assert SAEGuidedDeepConfig(lambda_neighbours=0.0, lambda_neighbours_deep=0.0).lambda_neighbours_deep == 0
+
+
+def test_sae_guided_tar_config_names_a_bad_relearning_attacker():
+    from irunlearn.methods.sae_guided_tar import SAEGuidedTARConfig
+
+    with pytest.raises(ValueError, match="lambda_relearn=0.0 must be > 0"):
+        SAEGuidedTARConfig(lambda_relearn=0.0)
+    with pytest.raises(ValueError, match="attack_steps=0 >= 1"):
+        SAEGuidedTARConfig(attack_steps=0)
+    with pytest.raises(ValueError, match="attack_lrs=\\(\\)"):
+        SAEGuidedTARConfig(attack_lrs=())
+    with pytest.raises(ValueError, match="needs lambda_choice > 0"):
+        SAEGuidedTARConfig(lambda_choice=0.0)
+
+
+def test_the_simulated_attacker_teaches_part_of_each_targets_facts_asks_the_rest_and_leaves_the_model_alone(
+    ew, recognizer
+):
+    """Stage 3's attacker: each draw teaches one attribute or half of them, per target, and asks the others
+    (the method's question rows of those attributes, no taught one among them); fine-tuning the copy on the
+    lessons drops their loss, the model's own weights stay as they were, and the surrogate's gradient is the
+    attacked copy's gradient of L_relearn on exactly the weights named."""
+    from irunlearn.entities import UNKNOWN_ANSWER
+    from irunlearn.lm import encode_lines, lm_loss
+    from irunlearn.methods.sae_guided_deep import NamedFacts, _ValueChoices
+    from irunlearn.methods.sae_guided_tar import _SimulatedRelearning
+
+    task = world_task(ew, resolve_targets(ew, n_random=2, seed=TARGET_SEED), recognizer)
+    model = ew.model
+    attacker = _SimulatedRelearning.build(model, task, steps=5, lrs=(1e-3,), seed=0)
+    n_templates = len(task.templates)
+    for _ in range(6):
+        lessons, held_rows = attacker._draw()
+        for i, target in enumerate(task.targets):
+            asked = {t.attribute for t in task.templates}
+            taught = {
+                a
+                for a in asked
+                if any(
+                    line.startswith(t.render(target.name))
+                    for line in lessons
+                    for t in task.templates
+                    if t.attribute == a
+                )
+            }
+            held = {task.templates[r % n_templates].attribute for r in held_rows if r // n_templates == i}
+            assert taught and held and not taught & held, (taught, held)
+            assert len(taught) in (1, len(asked) // 2) and taught | held == asked
+    questions = NamedFacts.questions(model, task.targets, task.templates, UNKNOWN_ANSWER, task.prepend_bos)
+    choices = _ValueChoices.build(model, task, n_strangers=8, seed=0, idk=UNKNOWN_ANSWER)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    params = [model.blocks[2].mlp.W_out, model.blocks[3].attn.W_V]
+    attacker.rng.seed(1)
+    lessons, _ = attacker._draw()
+    tokens, mask = encode_lines(model.tokenizer, lessons, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device)
+    attacker.rng.seed(1)
+    surrogate, loss = attacker.surrogate(model, params, questions, choices)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    with torch.no_grad():
+        assert lm_loss(attacker.student, tokens, mask) < lm_loss(model, tokens, mask) - 0.1
+    assert loss > 0
+    elsewhere = torch.autograd.grad(surrogate, [model.blocks[0].mlp.W_in], allow_unused=True, retain_graph=True)
+    assert elsewhere[0] is None
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(surrogate, params))
+
+
+@pytest.mark.slow
+def test_sae_guided_tar_against_a_simulated_attacker_leaves_half_the_facts_relearning_no_more_than_a_stranger(
+    ew, task, evaluator, deep
+):
+    """On this target stage 2's `unknown` is a thin gate: fine-tuning the default edit on half the target's
+    facts brings another back (the attacker's best of five learning rates, 25 steps). With stage 3
+    (`sae_guided_tar`) the same attack brings back no more than it teaches a stranger given the same facts,
+    and the target is still forgotten, the others kept."""
+    attacked = forget(ew.model, ew.sae, task, method="sae_guided_tar", progress=False)
+    assert attacked.converged and set(attacked.history["stage"]) == {1, 2, 3}, attacked.stop_reason
+    summary, _ = evaluator.evaluate(attacked.model)
+    assert summary["forget_acc"] == 0 and summary["idk_rate"] >= 0.95 and summary["retain_acc"] >= 0.98
+
+    def recall(model, strangers=False):
+        curves = depth.relearn_attacks(evaluator, model, ["half"], strangers=strangers, steps=(25,))
+        return float(depth.best_of_lr(curves).set_index("step").loc[25, "recall"])
+
+    stranger = recall(ew.model, strangers=True)
+    assert recall(deep.model) > stranger + 0.1
+    assert recall(attacked.model) <= stranger + 0.1

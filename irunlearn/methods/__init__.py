@@ -27,6 +27,7 @@ from irunlearn.methods.recipes import Recipe, recipe_for
 from irunlearn.methods.rmu import RMU
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig
 from irunlearn.methods.sae_guided_deep import SAEGuidedDeep
+from irunlearn.methods.sae_guided_tar import SAEGuidedTAR
 from irunlearn.methods.sae_steer import SAESteer
 
 METHODS: dict[str, type[Method]] = {}
@@ -49,7 +50,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _builtin in (SAEGuided, SAEGuidedDeep, GradAscent, GradDiff, NPO, RMU, SAESteer):
+for _builtin in (SAEGuided, SAEGuidedDeep, SAEGuidedTAR, GradAscent, GradDiff, NPO, RMU, SAESteer):
     register_method(_builtin)
 del _builtin
 

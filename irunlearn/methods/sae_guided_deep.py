@@ -18,8 +18,6 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
               + the same with key ← original
     L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_nbr,deep · L_nbr,deep
               + λ_choice · L_choice + λ_name · L_name
-    L_relearn = L_choice on the target's other questions, read on θ' = θ fine-tuned `attack_steps` Adam steps
-                on some of its facts (stage 3 only; first-order: its gradient at θ' is applied at θ)
 
 "key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for
 each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer must
@@ -67,23 +65,10 @@ block writes at their names, so the held-out people who share a word with a targ
 
 Stage 2 stops once every drawn target question answers `unknown` (greedy) with both keys for `deep_steps`
 steps in a row (the loop's `extra_steps` follow).
-
-Stage 3 (`lambda_relearn` > 0) trains against a relearning attacker. Stage 2's `unknown` can be a thin gate
-over a store that still holds the facts: fine-tuning on some of the target's facts lifts the gate and the
-others come back. Each stage-3 step copies the weights, fine-tunes the copy as an attacker would (every
-weight, Adam at a learning rate drawn from `attack_lrs`, `attack_steps` full-batch steps on the fact lines
-of half of each target's attributes or of one, drawn), and reads L_choice on the questions about the
-attributes it was not taught: after the attack, their true values must rank no better than for a stranger.
-The gradient of that loss at the attacked copy is added to the gradient of stage 2's loss at the weights
-themselves (the first-order approximation of tamper-resistant training, Tamirisa et al., arXiv 2408.00761:
-the surrogate Σ⟨θ, ∇θ' L_relearn⟩, whose gradient it is). Stage 3 stops once an exponential average of
-L_relearn (weight 0.2 on the newest) is below `relearn_tolerance` and stage 2's stop condition holds, for
-`deep_steps` steps in a row.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -95,7 +80,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import patched_logits, stop_layer
 from irunlearn.entities import UNKNOWN_ANSWER, Entity, attribute_values
-from irunlearn.lm import encode_lines, lm_loss
+from irunlearn.lm import encode_lines
 from irunlearn.methods.base import AnswerBatch, ForgetTask, StepOutput, kl_to_reference
 from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig, shares_a_name_word
 from irunlearn.prompts import Template, name_token_span
@@ -189,8 +174,7 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     (0: off; its strangers are `n_reference` of `ForgetTask.unknown`). `sharer_parts`: which parts of a
     target's name the virtual sharers carry (`prefix`, `last`). `lambda_neighbours_deep`: the weight of
     L_nbr,deep (0: off; needs `lambda_neighbours` > 0, whose names it holds), `n_neighbour_lines` its
-    made-up neighbours' question lines per step. `lambda_relearn`: the weight of L_relearn (0: no stage 3),
-    `attack_steps`, `attack_lrs` its simulated attacker's fine-tuning, `relearn_tolerance` its stop level.
+    made-up neighbours' question lines per step.
     """
 
     layers: tuple[int, ...] | None = (0, 1, 2, 3)
@@ -211,10 +195,6 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     lambda_neighbours_deep: float = 100.0
     n_neighbour_lines: int = 32
     deep_steps: int = 3
-    lambda_relearn: float = 0.0
-    attack_steps: int = 10
-    attack_lrs: tuple[float, ...] = (3e-4, 1e-3)
-    relearn_tolerance: float = 0.1
     idk_answer: str = UNKNOWN_ANSWER
 
     def __post_init__(self) -> None:
@@ -223,16 +203,6 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
         if not parts or not set(parts) <= {"prefix", "last"}:
             raise ValueError(
                 f"SAEGuidedDeepConfig: sharer_parts={self.sharer_parts!r} must name one or both of 'prefix', 'last'."
-            )
-        if self.lambda_relearn < 0 or self.attack_steps < 1 or not self.attack_lrs or min(self.attack_lrs) <= 0:
-            raise ValueError(
-                f"SAEGuidedDeepConfig: lambda_relearn={self.lambda_relearn!r} must be >= 0, attack_steps="
-                f"{self.attack_steps!r} >= 1 and attack_lrs={self.attack_lrs!r} one or more learning rates > 0."
-            )
-        if self.lambda_relearn > 0 and self.lambda_choice <= 0:
-            raise ValueError(
-                f"SAEGuidedDeepConfig: lambda_relearn={self.lambda_relearn!r} reads L_choice after the simulated "
-                f"attack: it needs lambda_choice > 0 (now {self.lambda_choice!r})."
             )
         if self.lambda_neighbours_deep < 0 or (self.lambda_neighbours_deep > 0 and self.lambda_neighbours <= 0):
             raise ValueError(
@@ -311,15 +281,6 @@ class SAEGuidedDeep(SAEGuided):
             if self.sharer_tokens is not None:
                 self.sharer_ref = model(self.sharer_tokens, return_type="logits").log_softmax(-1)
         self.deep_step = 0
-        self.relearning, self.relearn_average = None, None
-        if cfg.lambda_relearn > 0:
-            if self.choices is None:
-                raise ValueError(
-                    "sae_guided_deep: lambda_relearn > 0 reads how the attacked copy ranks the attribute values "
-                    "against strangers, but this task has no strangers (ForgetTask.unknown) or no retain values "
-                    "to rank: give them, or set lambda_relearn=0."
-                )
-            self.relearning = _SimulatedRelearning.build(model, task, cfg.attack_steps, cfg.attack_lrs, cfg.seed)
         self.made_up = (
             NamedFacts.questions(model, self.neighbours.people, task.templates, cfg.idk_answer, task.prepend_bos)
             if cfg.lambda_neighbours_deep > 0 and self.neighbours is not None
@@ -411,6 +372,13 @@ class SAEGuidedDeep(SAEGuided):
             idk, idk_key = sub.greedy_hits(logits), sub.greedy_hits(patched)
         self.streak = self.streak + 1 if bool((idk & idk_key).all()) else 0
         self.deep_step += 1
+        per_target = (
+            pd.DataFrame({"target": sub.entity, "idk_train": idk.float(), "idk_key_restored": idk_key.float()})
+            .groupby("target", sort=False)
+            .mean()
+            .reset_index()
+            .assign(stage=2)
+        )
         terms = {"loss_idk": loss_idk.item(), "loss_idk_key": loss_idk_key.item(), "loss_keep": loss_keep.item()}
         if self.choices is not None:
             terms["loss_choice"] = loss_choice.item()
@@ -418,24 +386,6 @@ class SAEGuidedDeep(SAEGuided):
             terms["loss_name"] = loss_name.item()
         if self.made_up is not None:
             terms["loss_neighbours_deep"] = loss_neighbours_deep.item()
-        if self.relearning is not None and (self.stage == 3 or self.streak >= cfg.deep_steps):
-            if self.stage == 2:  # stage 2's stop condition holds: the attacker comes in
-                self.stage, self.streak = 3, 0
-            surrogate, loss_relearn = self.relearning.surrogate(model, self.stage2_params, self.idk, self.choices)
-            loss = loss + cfg.lambda_relearn * surrogate
-            terms["loss_relearn"] = loss_relearn
-            self.relearn_average = (
-                loss_relearn if self.relearn_average is None else (0.8 * self.relearn_average + 0.2 * loss_relearn)
-            )
-            if self.relearn_average >= cfg.relearn_tolerance:
-                self.streak = 0
-        per_target = (
-            pd.DataFrame({"target": sub.entity, "idk_train": idk.float(), "idk_key_restored": idk_key.float()})
-            .groupby("target", sort=False)
-            .mean()
-            .reset_index()
-            .assign(stage=self.stage)
-        )
         return StepOutput(
             loss=loss,
             terms=terms | {"retain_kl": loss_keep.item()},
@@ -562,87 +512,6 @@ class _SharedWordLines:
         logits = self.forward(model, self.edited_states, index)
         index_t = torch.tensor(index, device=self.rows.device)
         return kl_to_reference(logits, self.reference[index_t], self.mask[index_t])
-
-
-@dataclass
-class _SimulatedRelearning:
-    """The relearning attacker stage 3 trains against (L_relearn in the module).
-
-    Each call fine-tunes `student`, a copy of the model's current weights, on the fact lines of part of each
-    target's attributes (half of them or one, drawn), and reads L_choice on the questions about the others.
-    `facts`: the targets' fact lines (entity, attribute, prompt, answer); `attributes`: each target's asked
-    attributes, by name in `task.targets` order; `templates`: each template's attribute, in `task.templates`
-    order.
-    """
-
-    facts: pd.DataFrame
-    attributes: dict[str, list[str]]
-    templates: list[str | None]
-    student: HookedTransformer
-    steps: int
-    lrs: tuple[float, ...]
-    prepend_bos: bool
-    rng: random.Random
-
-    @classmethod
-    def build(
-        cls, model: HookedTransformer, task: ForgetTask, steps: int, lrs: tuple[float, ...], seed: int
-    ) -> _SimulatedRelearning:
-        templates = [t.attribute for t in task.templates]
-        attributes = {t.name: sorted({a for a in templates if a and a in t.attributes}) for t in task.targets}
-        if few := [name for name, asked in attributes.items() if len(asked) < 2]:
-            raise ValueError(
-                f"sae_guided_deep: lambda_relearn > 0 teaches part of a target's facts and asks the rest, but "
-                f"{few} have fewer than two attributes the templates ask: give more, or set lambda_relearn=0."
-            )
-        student = copy.deepcopy(model)
-        student.requires_grad_(True)
-        facts = task.facts(task.targets)
-        return cls(facts, attributes, templates, student, steps, tuple(lrs), task.prepend_bos, random.Random(seed))
-
-    def _draw(self) -> tuple[list[str], list[int]]:
-        """This attack's lessons (fact lines of the taught attributes) and the rows of the method's `unknown`
-        question lines (`NamedFacts.questions` layout) about the attributes left out."""
-        taught, held_rows = set(), []
-        for i, (target, asked) in enumerate(self.attributes.items()):
-            order = self.rng.sample(asked, len(asked))
-            n_taught = self.rng.choice([1, len(asked) // 2])
-            taught |= {(target, a) for a in order[:n_taught]}
-            held = set(order[n_taught:])
-            held_rows += [i * len(self.templates) + j for j, a in enumerate(self.templates) if a in held]
-        lessons = [
-            f"{row.prompt} {row.answer}" for row in self.facts.itertuples() if (row.entity, row.attribute) in taught
-        ]
-        return lessons, held_rows
-
-    def surrogate(
-        self,
-        model: HookedTransformer,
-        params: list[torch.nn.Parameter],
-        questions: NamedFacts,
-        choices: _ValueChoices,
-    ) -> tuple[Float[torch.Tensor, ""], float]:
-        """Σ⟨θ, ∇θ' L_relearn⟩ over `params` (a tensor whose gradient is L_relearn's at the attacked copy θ')
-        and L_relearn itself."""
-        lessons, held_rows = self._draw()
-        device = model.cfg.device
-        tokens, mask = encode_lines(model.tokenizer, lessons, model.cfg.n_ctx, self.prepend_bos, device=device)
-        with torch.no_grad():
-            for copied, weight in zip(self.student.parameters(), model.parameters(), strict=True):
-                copied.copy_(weight)
-        optimizer = torch.optim.Adam(self.student.parameters(), lr=self.rng.choice(self.lrs))
-        for _ in range(self.steps):
-            optimizer.zero_grad(set_to_none=True)
-            lm_loss(self.student, tokens, mask).backward()
-            optimizer.step()
-        held = questions.batch.select(torch.tensor(held_rows, device=device))
-        loss = choices.kl(self.student(held.tokens, return_type="logits"), held, held_rows)
-        index = {id(p): i for i, p in enumerate(model.parameters())}
-        copies = list(self.student.parameters())
-        grads = torch.autograd.grad(loss, [copies[index[id(p)]] for p in params], allow_unused=True)
-        self.student.zero_grad(set_to_none=True)
-        surrogate = sum((p * g).sum() for p, g in zip(params, grads, strict=True) if g is not None)
-        return surrogate, loss.item()
 
 
 def _name_tokens(tokenizer, prompt: str, name: str) -> list[int]:
