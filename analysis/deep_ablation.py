@@ -3,19 +3,18 @@
     python analysis/deep_ablation.py [--seeds 100 101] [--targets 5] [--settings shipped "lambda_name 0"] [--tag T]
                                      [--relearn]
 
-For `--targets` known people drawn by `resolve_targets(ew, n_random=N, seed=s)` and forgotten together (the
-default seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.run` per setting of
-`SETTINGS`: the shipped defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`),
-L_name off (`lambda_name=0`), L_nbr,deep off (`lambda_neighbours_deep=0`), the virtual sharers' last-word
-lines off (`sharer_parts=("prefix",)`) and both of these off, the method before they came; and two ways
-of sparing the held-out name-sharers, a heavier L_sharers (`lambda_sharers` 300, 1000) and stage 2 on fewer
-blocks (`deep_layers`); and `sae_guided_tar` with its defaults ("relearning attacker": stage 3 against a
-simulated relearning attacker) — `--settings`: some of them. Columns: retain (the held-out name-sharers' mean and
-worst apart), perplexity ratio, forgetting, membership AUC, forced choice, key restoration (worst layer),
-steps and seconds; with `--relearn`, relearning attacks (a) half the facts and (b) one fact at 25 and 100
-steps (attacker's best lr) for the edit and for a stranger taught the same facts. Writes
-analysis/results/deep_ablation.md and deep_ablation_runs.csv (`deep_ablation_<N>targets.*` for `--targets`
-other than 5, `_<tag>` appended with `--tag`).
+For `--targets` known people drawn by `resolve_targets(ew, n_random=N, seed=s)` and forgotten together (the default
+seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.run` per setting of `SETTINGS`: the shipped
+defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`), L_name off (`lambda_name=0`),
+L_nbr,deep off (`lambda_neighbours_deep=0`), the virtual sharers' last-word lines off (`sharer_parts=("prefix",)`)
+and both of these off, the method before they came; and two ways of sparing the held-out name-sharers, a heavier
+L_sharers (`lambda_sharers` 300, 1000) and stage 2 on fewer blocks (`deep_layers`); and `sae_guided_tar` with its
+defaults ("relearning attacker": stage 3 against a simulated relearning attacker) — `--settings`: some of them.
+Columns: retain (the held-out name-sharers' mean and worst apart), perplexity ratio, forgetting, membership AUC,
+forced choice, key restoration (worst layer), steps, why the run stopped and seconds; with `--relearn`, relearning
+attacks (a) half the facts and (b) one fact at 25 and 100 steps (attacker's best lr) for the edit and for a
+stranger taught the same facts. Writes analysis/results/deep_ablation.md and deep_ablation_runs.csv
+(`deep_ablation_<N>targets.*` for `--targets` other than 5, `_<tag>` appended with `--tag`).
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ COLUMNS = (
     "forced_choice_stranger",
     "key_restoration",
     "steps",
+    "stop_reason",
 )
 
 

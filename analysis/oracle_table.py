@@ -83,7 +83,7 @@ def main() -> None:
     bench = EntityBench.from_world(ew)
     for name, oracle in oracles.items():
         acceptance.append({"forget_set": name, **oracle_acceptance(ew, oracle), **oracle.info["timings"]})
-        labels = [b for b in args.baselines.split(",") if b] + args.methods.split(",")
+        labels = [b for b in args.baselines.split(",") if b] + [m for m in args.methods.split(",") if m]
         todo = [label for label in labels if (name, label) not in finished]
         if not todo:
             continue
