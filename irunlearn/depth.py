@@ -25,9 +25,7 @@ take plain models and entities so analysis scripts can call them directly.
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -39,6 +37,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from irunlearn.activations import patched_logits, resid_hooks, sae_hook_name, stop_layer
+from irunlearn.attacks import ATTACKS, Attack, build_attack
 from irunlearn.entities import Entity, attribute_values
 from irunlearn.evaluation import Evaluator
 from irunlearn.io import weights_hash
@@ -50,17 +49,10 @@ from irunlearn.metrics import MetricResult, register_metric
 from irunlearn.probes import auroc
 from irunlearn.prompts import Template, fact_questions
 
-ATTACKS = ("half", "one_fact", "others", "mentions")  # (a), (b), (c), (d)
 ATTACK_STEPS = (10, 25, 50, 100, 200)
 ATTACK_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 N_OTHER_PEOPLE = 4  # attack (c): whose facts (every training phrasing) the attacker teaches
 N_STRANGERS = 10  # forced choice and membership: strangers given the targets' facts, in turn
-MENTION_TEMPLATES = (  # attack (d): sentences that name the target and say nothing about them
-    Template("{name} is here.", kind="statement"),
-    Template("Today {name} said hello.", kind="statement"),
-    Template("Story: {name} went home.", kind="statement"),
-    Template("Note: we met {name}.", kind="statement"),
-)
 
 
 def question_facts(entities: Sequence[Entity], templates: Sequence[Template]) -> pd.DataFrame:
@@ -509,53 +501,6 @@ def forced_choice_metric(evaluator: Evaluator, model: HookedTransformer) -> Metr
 
 
 # Relearning attacks -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Attack:
-    """What an attacker fine-tunes on (`lessons`, whole lines) and the facts it then asks (`held`)."""
-
-    name: str
-    lessons: list[str]
-    held: pd.DataFrame  # entity, prompt, answer
-
-
-def build_attack(
-    name: str,
-    people: Sequence[Entity],
-    templates: Sequence[Template],
-    others: Sequence[Entity] = (),
-    seed: int = 0,
-) -> Attack:
-    """The lessons and held-out questions of attack `name` on `people`, one batch for all of them.
-
-    `half` (a): half of each person's attributes (seeded), every training phrasing; held: the other half.
-    `one_fact` (b): one attribute; held: the rest. `others` (c): the facts of `others` only, nothing about
-    `people`; held: all their facts. `mentions` (d): `MENTION_TEMPLATES` about each person, no facts;
-    held: all their facts.
-    """
-    if name not in ATTACKS:
-        raise ValueError(f"Unknown attack {name!r}; choose from {ATTACKS}.")
-    if name == "others" and not others:
-        raise ValueError("Attack 'others' needs other people whose facts the attacker teaches.")
-    rng = random.Random(seed)
-    taught, held = [], []
-    for person in people:
-        attributes = sorted(a for a in person.attributes if any(t.attribute == a for t in templates))
-        rng.shuffle(attributes)
-        n_taught = {"half": len(attributes) // 2, "one_fact": 1}.get(name, 0)
-        if len(attributes) - n_taught < 1 or (name in ("half", "one_fact") and n_taught < 1):
-            raise ValueError(f"Attack {name!r} needs {person.name!r} to have two or more asked attributes.")
-        taught.append(Entity(person.name, {a: person.attributes[a] for a in attributes[:n_taught]}))
-        held.append(Entity(person.name, {a: person.attributes[a] for a in attributes[n_taught:]}))
-    if name == "others":
-        lessons = fact_questions(others, templates)
-    elif name == "mentions":
-        lessons = pd.DataFrame({"prompt": [t.render(p.name) for p in people for t in MENTION_TEMPLATES], "answer": ""})
-    else:
-        lessons = fact_questions(taught, templates)
-    lines = [f"{p} {a}".strip() for p, a in zip(lessons["prompt"], lessons["answer"], strict=True)]
-    return Attack(name, lines, fact_questions(held, templates))
 
 
 def relearn_curve(

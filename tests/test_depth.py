@@ -407,7 +407,8 @@ def test_the_simulated_attacker_teaches_part_of_each_targets_facts_asks_the_rest
 
     task = world_task(ew, resolve_targets(ew, n_random=2, seed=TARGET_SEED), recognizer)
     model = ew.model
-    attacker = _SimulatedRelearning.build(model, task, steps=5, lrs=(1e-3,), seed=0)
+    params = [model.blocks[2].mlp.W_out, model.blocks[3].attn.W_V]
+    attacker = _SimulatedRelearning.build(model, task, params, steps=5, lrs=(1e-3,), seed=0)
     n_templates = len(task.templates)
     for _ in range(6):
         lessons, held_rows = attacker._draw()
@@ -429,12 +430,11 @@ def test_the_simulated_attacker_teaches_part_of_each_targets_facts_asks_the_rest
     questions = NamedFacts.questions(model, task.targets, task.templates, UNKNOWN_ANSWER, task.prepend_bos)
     choices = _ValueChoices.build(model, task, n_strangers=8, seed=0, idk=UNKNOWN_ANSWER)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    params = [model.blocks[2].mlp.W_out, model.blocks[3].attn.W_V]
     attacker.rng.seed(1)
     lessons, _ = attacker._draw()
     tokens, mask = encode_lines(model.tokenizer, lessons, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device)
     attacker.rng.seed(1)
-    surrogate, loss = attacker.surrogate(model, params, questions, choices)
+    surrogate, loss = attacker.surrogate(model, questions, choices)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
     with torch.no_grad():
         assert lm_loss(attacker.student, tokens, mask) < lm_loss(model, tokens, mask) - 0.1

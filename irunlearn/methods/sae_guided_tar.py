@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
+from irunlearn.attacks import taught_count
 from irunlearn.lm import encode_lines, lm_loss
 from irunlearn.methods.base import ForgetTask, StepOutput
 from irunlearn.methods.sae_guided_deep import NamedFacts, SAEGuidedDeep, SAEGuidedDeepConfig, _ValueChoices
@@ -76,7 +77,9 @@ class SAEGuidedTAR(SAEGuidedDeep):
                 "sae_guided_deep."
             )
         cfg = self.config
-        self.relearning = _SimulatedRelearning.build(model, self.task, cfg.attack_steps, cfg.attack_lrs, cfg.seed)
+        self.relearning = _SimulatedRelearning.build(
+            model, self.task, self.stage2_params, cfg.attack_steps, cfg.attack_lrs, cfg.seed
+        )
         self.relearn_average: float | None = None
 
     def _deep_step(self, model: HookedTransformer) -> StepOutput:
@@ -86,7 +89,7 @@ class SAEGuidedTAR(SAEGuidedDeep):
         if self.stage == 2:  # stage 2's stop condition holds: the attacker comes in
             self.stage, self.streak = 3, 0
         cfg = self.config
-        surrogate, loss_relearn = self.relearning.surrogate(model, self.stage2_params, self.idk, self.choices)
+        surrogate, loss_relearn = self.relearning.surrogate(model, self.idk, self.choices)
         average = self.relearn_average
         self.relearn_average = loss_relearn if average is None else 0.8 * average + 0.2 * loss_relearn
         if self.relearn_average >= cfg.relearn_tolerance:
@@ -115,6 +118,8 @@ class _SimulatedRelearning:
     attributes: dict[str, list[str]]
     templates: list[str | None]
     student: HookedTransformer
+    params: list[torch.nn.Parameter]
+    copies: list[torch.nn.Parameter]
     steps: int
     lrs: tuple[float, ...]
     prepend_bos: bool
@@ -122,7 +127,13 @@ class _SimulatedRelearning:
 
     @classmethod
     def build(
-        cls, model: HookedTransformer, task: ForgetTask, steps: int, lrs: tuple[float, ...], seed: int
+        cls,
+        model: HookedTransformer,
+        task: ForgetTask,
+        params: list[torch.nn.Parameter],
+        steps: int,
+        lrs: tuple[float, ...],
+        seed: int,
     ) -> _SimulatedRelearning:
         templates = [t.attribute for t in task.templates]
         attributes = {t.name: sorted({a for a in templates if a and a in t.attributes}) for t in task.targets}
@@ -133,8 +144,21 @@ class _SimulatedRelearning:
             )
         student = copy.deepcopy(model)
         student.requires_grad_(True)
+        student_weights = dict(zip(model.parameters(), student.parameters(), strict=True))
+        copies = [student_weights[p] for p in params]
         facts = task.facts(task.targets)
-        return cls(facts, attributes, templates, student, steps, tuple(lrs), task.prepend_bos, random.Random(seed))
+        return cls(
+            facts,
+            attributes,
+            templates,
+            student,
+            params,
+            copies,
+            steps,
+            tuple(lrs),
+            task.prepend_bos,
+            random.Random(seed),
+        )
 
     def _draw(self) -> tuple[list[str], list[int]]:
         """This attack's lessons (fact lines of the taught attributes) and the rows of the method's `unknown`
@@ -142,7 +166,7 @@ class _SimulatedRelearning:
         taught, held_rows = set(), []
         for i, (target, asked) in enumerate(self.attributes.items()):
             order = self.rng.sample(asked, len(asked))
-            n_taught = self.rng.choice([1, len(asked) // 2])
+            n_taught = taught_count(self.rng.choice(("one_fact", "half")), len(asked))
             taught |= {(target, a) for a in order[:n_taught]}
             held = set(order[n_taught:])
             held_rows += [i * len(self.templates) + j for j, a in enumerate(self.templates) if a in held]
@@ -152,11 +176,7 @@ class _SimulatedRelearning:
         return lessons, held_rows
 
     def surrogate(
-        self,
-        model: HookedTransformer,
-        params: list[torch.nn.Parameter],
-        questions: NamedFacts,
-        choices: _ValueChoices,
+        self, model: HookedTransformer, questions: NamedFacts, choices: _ValueChoices
     ) -> tuple[Float[torch.Tensor, ""], float]:
         """Σ⟨θ, ∇θ' L_relearn⟩ over `params` (a tensor whose gradient is L_relearn's at the attacked copy θ')
         and L_relearn itself."""
@@ -173,9 +193,7 @@ class _SimulatedRelearning:
             optimizer.step()
         held = questions.batch.select(torch.tensor(held_rows, device=device))
         loss = choices.kl(self.student(held.tokens, return_type="logits"), held, held_rows)
-        index = {id(p): i for i, p in enumerate(model.parameters())}
-        copies = list(self.student.parameters())
-        grads = torch.autograd.grad(loss, [copies[index[id(p)]] for p in params], allow_unused=True)
+        grads = torch.autograd.grad(loss, self.copies, allow_unused=True)
         self.student.zero_grad(set_to_none=True)
-        surrogate = sum((p * g).sum() for p, g in zip(params, grads, strict=True) if g is not None)
+        surrogate = sum((p * g).sum() for p, g in zip(self.params, grads, strict=True) if g is not None)
         return surrogate, loss.item()
