@@ -7,9 +7,11 @@ For `--targets` known people drawn by `resolve_targets(ew, n_random=N, seed=s)` 
 seeds are tuning draws, never the evaluation seeds 0-2), one `irunlearn.run` per setting of `SETTINGS`: the shipped
 defaults, L_nbr off (`lambda_neighbours=0`), L_choice off (`lambda_choice=0`), L_name off (`lambda_name=0`),
 L_nbr,deep off (`lambda_neighbours_deep=0`), the virtual sharers' last-word lines off (`sharer_parts=("prefix",)`)
-and both of these off, the method before they came; and two ways of sparing the held-out name-sharers, a heavier
-L_sharers (`lambda_sharers` 300, 1000) and stage 2 on fewer blocks (`deep_layers`); and `sae_guided_tar` with its
-defaults ("relearning attacker": stage 3 against a simulated relearning attacker) — `--settings`: some of them.
+and both of these off, the method before they came; and three ways of sparing the held-out name-sharers, a heavier
+L_sharers (`lambda_sharers` 300, 1000), stage 2 on fewer blocks (`deep_layers`) and stage 2 kept on until its
+condition has held 100 steps in a row (`deep_steps` 100, not 3); and `sae_guided_tar` with its
+defaults ("relearning attacker": stage 3 against a simulated relearning attacker) and with a lighter attacker term
+(`lambda_relearn` 1 with `relearn_tolerance` 0.25, or 0.15 and `max_steps` 400) — `--settings`: some of them.
 Columns: retain (the held-out name-sharers' mean and worst apart), perplexity ratio, forgetting, membership AUC,
 forced choice, key restoration (worst layer), steps, why the run stopped and seconds; with `--relearn`, relearning
 attacks (a) half the facts and (b) one fact at 25 and 100 steps (attacker's best lr) for the edit and for a
@@ -42,7 +44,19 @@ SETTINGS = {
     "lambda_sharers 1000": {"lambda_sharers": 1000.0},
     "deep_layers (2, 3)": {"deep_layers": (2, 3)},
     "deep_layers (3,)": {"deep_layers": (3,)},
+    "deep_steps 100": {"deep_steps": 100},
     "relearning attacker": {"method": "sae_guided_tar"},
+    "relearning attacker, lambda_relearn 1": {
+        "method": "sae_guided_tar",
+        "lambda_relearn": 1.0,
+        "relearn_tolerance": 0.25,
+    },
+    "relearning attacker, lambda_relearn 1, tolerance 0.15": {
+        "method": "sae_guided_tar",
+        "lambda_relearn": 1.0,
+        "relearn_tolerance": 0.15,
+        "max_steps": 400,
+    },
 }
 RELEARN_COLUMNS = tuple(
     f"relearn_{attack}_{k}{who}" for attack in ("half", "one_fact") for k in (25, 100) for who in ("", "_stranger")
