@@ -355,6 +355,21 @@ def test_the_made_up_neighbours_keep_a_held_out_last_name_sharers_answers(ew, re
     assert kept[0.0] < 0.5 and kept[100.0] >= 0.8, kept
 
 
+def test_the_retain_guard_reads_the_retain_pool_not_the_sharers_weighted_terms(ew, recognizer):
+    """Stage 2's L_keep weighs the name-sharers' KL twenty times the retain pool's; the loop's blow-up guard
+    (`max_retain_kl`) reads the retain pool alone, as in stage 1. On Orha Kanes the weighted sum passes the
+    bound, which once rolled stage 2 back with the original key still restoring answers; now the run
+    converges and the key restores nothing."""
+    task = world_task(ew, resolve_targets(ew, n_random=1, seed=NEIGHBOUR_SEED), recognizer)
+    result = forget(ew.model, ew.sae, task, method="sae_guided_deep", progress=False)
+    assert result.converged and result.stop_reason == "flipped", result.stop_reason
+    stage2 = result.history[result.history["stage"] == 2]
+    assert (stage2["retain_kl"] < stage2["loss_keep"]).all()
+    assert stage2["loss_keep"].max() > result.config.max_retain_kl > stage2["retain_kl"].max()
+    evaluator = world_evaluator(ew, task)
+    assert evaluator.metrics(result.model, ["key_restoration"])["key_restoration"] <= 0.1
+
+
 def test_sae_guided_deep_stage1_is_sae_guided(ew, task, deep):
     """Stage 1 trains what sae_guided trains with the same draws (with L_nbr on): the weights stage 2 never
     touches (block 0's MLP) end bit-identical to sae_guided's."""

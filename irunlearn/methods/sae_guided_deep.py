@@ -338,9 +338,10 @@ class SAEGuidedDeep(SAEGuided):
         loss_idk = sub.answer_nll(logits).sum() / n_answer
         loss_idk_key = sub.answer_nll(patched).sum() / n_answer
         _, lm_rows = self._retain_draw()
-        loss_keep = kl_to_reference(
+        loss_retain = kl_to_reference(
             model(self.lm_tokens[lm_rows], return_type="logits"), self.ref_logprobs[lm_rows], self.lm_mask[lm_rows]
         )
+        loss_keep = loss_retain
         if self.sharer_tokens is not None:
             draw = torch.randperm(len(self.sharer_tokens), generator=self.generator)[: cfg.n_sharer_lines]
             draw = draw.to(self.sharer_tokens.device)
@@ -388,7 +389,7 @@ class SAEGuidedDeep(SAEGuided):
             terms["loss_neighbours_deep"] = loss_neighbours_deep.item()
         return StepOutput(
             loss=loss,
-            terms=terms | {"retain_kl": loss_keep.item()},
+            terms=terms | {"retain_kl": loss_retain.item()},  # the loop's guard: the retain pool alone, as stage 1's
             per_target=per_target,
             done=self.streak >= cfg.deep_steps,
         )
