@@ -45,6 +45,8 @@ SETTINGS = {
     "deep_layers (2, 3)": {"deep_layers": (2, 3)},
     "deep_layers (3,)": {"deep_layers": (3,)},
     "deep_steps 100": {"deep_steps": 100},
+    "found sharers": {"find_sharers": True},
+    "relearning attacker, found sharers": {"method": "sae_guided_tar", "find_sharers": True},
     "relearning attacker": {"method": "sae_guided_tar"},
     "relearning attacker, lambda_relearn 1": {
         "method": "sae_guided_tar",

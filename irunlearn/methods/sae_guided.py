@@ -453,27 +453,46 @@ def shares_a_name_word(entity: Entity, targets: list[Entity]) -> bool:
     return bool({word for target in targets for word in target.name.split()} & set(entity.name.split()))
 
 
-def made_up_neighbours(
-    model: HookedTransformer, sae: SAE, task: ForgetTask, n: int, rng: random.Random
-) -> list[Entity]:
-    """Up to `n` made-up names per target: its name with one word swapped for the same word of another name
-    of as many words among the task's retain and unknown people, `n` split evenly over the words kept; none
-    a name of the task, and only those both probes of the task's recognizer read as strangers (p < 0.5).
-
-    Each word's candidates are read in a seeded order, twice as many as are still missing at a time, so a
-    target costs about `2 n` probe readings however many names the task holds."""
+def swapped_word_names(task: ForgetTask) -> list[list[str]]:
+    """Per target of two or more words and per word of its name, the names one word away: every other word
+    kept, that one swapped for the same word of another name of as many words among the task's retain and
+    unknown people; none a name of the task, sorted. The names a target's edit reaches most easily."""
     taken = {e.name for e in [*task.targets, *task.retain, *task.unknown]}
     others = [e.name.split() for e in [*task.retain, *task.unknown]]
-    pools: list[list[str]] = []
+    pools = []
     for target in task.targets:
         words = target.name.split()
         if len(words) < 2:
             continue
-        for i in range(len(words)):  # made-up names keeping every word but the i-th
-            made_up = {" ".join(words[:i] + [o[i]] + words[i + 1 :]) for o in others if len(o) == len(words)}
-            pool = sorted(made_up - taken)
-            rng.shuffle(pool)
-            pools.append(pool)
+        for i in range(len(words)):
+            swapped = {" ".join(words[:i] + [o[i]] + words[i + 1 :]) for o in others if len(o) == len(words)}
+            pools.append(sorted(swapped - taken))
+    return pools
+
+
+def known_neighbours(model: HookedTransformer, sae: SAE, task: ForgetTask) -> list[str]:
+    """The names one word away from a target's (`swapped_word_names`) that both probes of the task's
+    recognizer read as known (p ≥ 0.5): people outside the task whom the model knows and who share a word
+    of a target's name, found by asking the model rather than a list. An edit of the target's name reaches
+    them first, and no retain set names them."""
+    names = sorted({name for pool in swapped_word_names(task) for name in pool})
+    if not names:
+        return []
+    read = task.recognizer.p_known(model, sae, names, task.templates)
+    return list(read.loc[(read["p_known_sae"] >= 0.5) & (read["p_known_resid"] >= 0.5), "entity"])
+
+
+def made_up_neighbours(
+    model: HookedTransformer, sae: SAE, task: ForgetTask, n: int, rng: random.Random
+) -> list[Entity]:
+    """Up to `n` made-up names per target among `swapped_word_names`, `n` split evenly over the words kept,
+    only those both probes of the task's recognizer read as strangers (p < 0.5).
+
+    Each word's candidates are read in a seeded order, twice as many as are still missing at a time, so a
+    target costs about `2 n` probe readings however many names the task holds."""
+    pools = swapped_word_names(task)
+    for pool in pools:
+        rng.shuffle(pool)
     if not pools:
         return []
     per_pool = max(1, n // max(1, len(pools) // len(task.targets)))

@@ -10,6 +10,7 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
               + CE(`unknown` | target question, key ← original)                   the original key restored
     L_keep    = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))     retain fact lines and generic text (sae_guided's L_lm pool)
     L_sharers = the same KL on the fact lines of retain people who share a name word with a target
+              + the same KL on the questions of the name-sharers the model knows outside the task
               + the same KL on retain people's fact lines with a part of a target's name patched in
     L_nbr,deep = mean_{v,i} ‖h_v,i(θ) − h_v,i(θ₁)‖² / var(h(θ₁))   made-up neighbours after the deep layers
     L_choice  = KL(r(v | template) ‖ q_θ(v | target question))   over the attribute's values v, `unknown` left out
@@ -19,22 +20,25 @@ stage 2 that trains the MLPs and attention `W_V` / `W_O` of `deep_layers`, the v
     L         = L_idk + λ_keep · L_keep + λ_sharers · L_sharers + λ_nbr,deep · L_nbr,deep
               + λ_choice · L_choice + λ_name · L_name
 
-"key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for
-each L in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer must
-be `unknown` even when the adversary hands the downstream layers the old key. The name-sharers' lines are
-there because a name word the target shares has the same layer-0 state in both names: stage 2 could otherwise
-learn "that word → unknown" and take the neighbours' answers with it. A task holds few such people (often none
-or one), so the second part makes more: a target's *shared prefix* is its name's leading words (its first
-name, which anyone may share) or, if longer, the leading tokens some retain person's name starts with too
-("Velvel" of "Velvel Tevdan" and "Velvel Roti"); every residual up to there is the same in both prompts. In
-other people's fact lines the key layer's residual at their name's first tokens is replaced by the target's
-shared prefix (the original model's in the reference, the stage-1 model's in the edit): whoever follows that
-prefix must keep their answers. With `sharer_parts` holding `"last"`, other lines get the target's last word
-instead, at their own last word (when it has as many tokens): its residual read in the target-named copy
-of the line, the original's in both the reference and the edit, since a last-name sharer's first name differs
-and L_nbr keeps what block 0 writes after another first name. On the original model, a person whose last
-word's state is swapped keeps most answers (their first name and the question tokens still carry them), so
-these lines hold the downstream layers to reading the target's last word as part of a known name.
+"key ← original": the original model's `blocks.L.hook_resid_post` at every token of the target's name, for each L
+in `key_layers`, is patched into the forward (rotating over them a step at a time), so the answer must be
+`unknown` even when the adversary hands the downstream layers the old key. The name-sharers' lines are there
+because a name word the target shares has the same layer-0 state in both names: stage 2 could otherwise learn
+"that word → unknown" and take the neighbours' answers with it. A task holds few such people (often none or one),
+so the second part makes more: a target's *shared prefix* is its name's leading words (its first name, which
+anyone may share) or, if longer, the leading tokens some retain person's name starts with too ("Velvel" of
+"Velvel Tevdan" and "Velvel Roti"); every residual up to there is the same in both prompts. In other people's
+fact lines the key layer's residual at their name's first tokens is replaced by the target's shared prefix (the
+original model's in the reference, the stage-1 model's in the edit): whoever follows that prefix must keep their
+answers. With `find_sharers`, the people the model knows who share a word of a target's name but are in no retain
+set are found by asking the model (`known_neighbours`: the names one word away from the target's, built from the
+task's name words, that both probes read as known) and their questions, with the original model's answers, join
+the retain sharers' lines. With `sharer_parts` holding `"last"`, other lines get the target's last word instead,
+at their own last word (when it has as many tokens): its residual read in the target-named copy of the line, the
+original's in both the reference and the edit, since a last-name sharer's first name differs and L_nbr keeps what
+block 0 writes after another first name. On the original model, a person whose last word's state is swapped keeps
+most answers (their first name and the question tokens still carry them), so these lines hold the downstream
+layers to reading the target's last word as part of a known name.
 
 L_nbr,deep holds sae_guided's made-up neighbours (L_nbr's names, strangers that keep all but one word of a
 target) after stage 2's layers: h_v,i is the residual after the last of `deep_layers` at each question token
@@ -82,7 +86,7 @@ from irunlearn.activations import patched_logits, stop_layer
 from irunlearn.entities import UNKNOWN_ANSWER, Entity, attribute_values
 from irunlearn.lm import encode_lines
 from irunlearn.methods.base import AnswerBatch, ForgetTask, StepOutput, kl_to_reference
-from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig, shares_a_name_word
+from irunlearn.methods.sae_guided import SAEGuided, SAEGuidedConfig, known_neighbours, shares_a_name_word
 from irunlearn.prompts import Template, name_token_span
 
 
@@ -168,7 +172,8 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     (`last`). `lambda_keep`, `lambda_sharers`: the weights of L_keep and L_sharers. `n_sharer_lines`:
     name-sharers' fact lines in L_sharers per step (from a pool `retain_pool` times that). `deep_steps`:
     steps in a row every drawn target question must answer `idk_answer` with both keys before stage 2 stops.
-    `n_prefix_lines`: retain fact lines per step that carry a part of a target's name, its shared prefix or
+    `find_sharers`: add the name-sharers the model knows outside the task (`known_neighbours`) to
+    L_sharers. `n_prefix_lines`: retain fact lines per step that carry a part of a target's name, its shared prefix or
     last word (0: none). `lambda_choice`: the weight of L_choice (0: off), `n_choice_strangers` the
     strangers its reference averages over. `lambda_name`: the weight of L_name
     (0: off; its strangers are `n_reference` of `ForgetTask.unknown`). `sharer_parts`: which parts of a
@@ -185,6 +190,7 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
     key_positions: Literal["name", "last"] = "name"
     lambda_keep: float = 5.0
     lambda_sharers: float = 100.0
+    find_sharers: bool = True
     n_sharer_lines: int = 32
     n_prefix_lines: int = 64
     lambda_choice: float = 2.0
@@ -251,6 +257,9 @@ class SAEGuidedDeep(SAEGuided):
         if len(sharer_facts) > cfg.n_sharer_lines * cfg.retain_pool:
             sharer_facts = sharer_facts.sample(cfg.n_sharer_lines * cfg.retain_pool, random_state=cfg.seed)
         lines = [f"{p} {a}" for p, a in zip(sharer_facts["prompt"], sharer_facts["answer"], strict=True)]
+        if cfg.find_sharers:  # the model's own name-sharers outside the task: its questions, its answers
+            questions = [t for t in task.templates if t.kind == "question" and t.attribute is not None]
+            lines += [t.render(name) for name in known_neighbours(model, self.sae, task) for t in questions]
         self.sharer_tokens, self.sharer_mask = (
             encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device)
             if lines
