@@ -32,13 +32,14 @@ fact lines the key layer's residual at their name's first tokens is replaced by 
 original model's in the reference, the stage-1 model's in the edit): whoever follows that prefix must keep their
 answers. With `find_sharers`, the people the model knows who share a word of a target's name but are in no retain
 set are found by asking the model (`known_neighbours`: the names one word away from the target's, built from the
-task's name words, that both probes read as known) and their questions, with the original model's answers, join
-the retain sharers' lines. With `sharer_parts` holding `"last"`, other lines get the target's last word instead,
-at their own last word (when it has as many tokens): its residual read in the target-named copy of the line, the
-original's in both the reference and the edit, since a last-name sharer's first name differs and L_nbr keeps what
-block 0 writes after another first name. On the original model, a person whose last word's state is swapped keeps
-most answers (their first name and the question tokens still carry them), so these lines hold the downstream
-layers to reading the target's last word as part of a known name.
+task's name words, that both probes read as known) and their questions (prompts only: the KL reads the original's
+next-token distributions, the answer's first token included) join the retain sharers' lines. With `sharer_parts`
+holding `"last"`, other lines get the target's last word instead, at their own last word (when it has as many
+tokens): its residual read in the target-named copy of the line, the original's in both the reference and the
+edit, since a last-name sharer's first name differs and L_nbr keeps what block 0 writes after another first name.
+On the original model, a person whose last word's state is swapped keeps most answers (their first name and the
+question tokens still carry them), so these lines hold the downstream layers to reading the target's last word as
+part of a known name.
 
 L_nbr,deep holds sae_guided's made-up neighbours (L_nbr's names, strangers that keep all but one word of a
 target) after stage 2's layers: h_v,i is the residual after the last of `deep_layers` at each question token
@@ -257,7 +258,7 @@ class SAEGuidedDeep(SAEGuided):
         if len(sharer_facts) > cfg.n_sharer_lines * cfg.retain_pool:
             sharer_facts = sharer_facts.sample(cfg.n_sharer_lines * cfg.retain_pool, random_state=cfg.seed)
         lines = [f"{p} {a}" for p, a in zip(sharer_facts["prompt"], sharer_facts["answer"], strict=True)]
-        if cfg.find_sharers:  # the model's own name-sharers outside the task: its questions, its answers
+        if cfg.find_sharers:  # the model's own name-sharers outside the task: their questions, prompts only
             questions = [t for t in task.templates if t.kind == "question" and t.attribute is not None]
             lines += [t.render(name) for name in known_neighbours(model, self.sae, task) for t in questions]
         self.sharer_tokens, self.sharer_mask = (
