@@ -16,7 +16,9 @@ Columns: retain (the held-out name-sharers' mean and worst apart), perplexity ra
 forced choice, key restoration (worst layer), steps, why the run stopped and seconds; with `--relearn`, relearning
 attacks (a) half the facts and (b) one fact at 25 and 100 steps (attacker's best lr) for the edit and for a
 stranger taught the same facts. Writes analysis/results/deep_ablation.md and deep_ablation_runs.csv
-(`deep_ablation_<N>targets.*` for `--targets` other than 5, `_<tag>` appended with `--tag`).
+(`deep_ablation_<N>targets.*` for `--targets` other than 5, `_<tag>` appended with `--tag`) after every run, so
+an interrupted run keeps what it finished (its table says how many rows of how many); `--resume` skips the
+(seed, setting) rows already in the runs CSV.
 """
 
 from __future__ import annotations
@@ -90,34 +92,43 @@ def main() -> None:
     parser.add_argument(
         "--relearn", action="store_true", help="add relearning attacks (a) and (b) (`relearn_ab`), with a stranger's"
     )
+    parser.add_argument("--resume", action="store_true", help="skip the (seed, setting) rows already in the runs CSV")
     args = parser.parse_args()
-    runs = WorldRuns.load()
-    metrics = ["membership_auc", "forced_choice", "sharer_retain", "key_restoration"] + ["relearn_ab"] * args.relearn
-    rows = []
-    for seed in args.seeds:
-        targets = [t.name for t in resolve_targets(runs.world, n_random=args.targets, seed=seed)]
-        for label in args.settings:
-            overrides = dict(SETTINGS[label])
-            results = runs.score(overrides.pop("method", "sae_guided_deep"), targets, metrics, **overrides)
-            summary = results.summary.iloc[0]
-            rows.append(
-                {
-                    "seed": seed,
-                    "setting": label,
-                    **{c: summary[c] for c in COLUMNS + RELEARN_COLUMNS * args.relearn},
-                    "seconds": summary["seconds"],
-                }
-            )
-            print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
-    table = pd.DataFrame(rows)
-    RESULTS.mkdir(exist_ok=True)
     name = "deep_ablation" if args.targets == 5 else f"deep_ablation_{args.targets}targets"
     name = f"{name}_{args.tag}" if args.tag else name
+    runs_path = RESULTS / f"{name}_runs.csv"
+    rows = pd.read_csv(runs_path).to_dict("records") if args.resume and runs_path.exists() else []
+    done = {(row["seed"], row["setting"]) for row in rows}
+    todo = [(seed, label) for seed in args.seeds for label in args.settings if (seed, label) not in done]
+    runs = WorldRuns.load()
+    metrics = ["membership_auc", "forced_choice", "sharer_retain", "key_restoration"] + ["relearn_ab"] * args.relearn
+    for seed, label in todo:
+        targets = [t.name for t in resolve_targets(runs.world, n_random=args.targets, seed=seed)]
+        overrides = dict(SETTINGS[label])
+        results = runs.score(overrides.pop("method", "sae_guided_deep"), targets, metrics, **overrides)
+        summary = results.summary.iloc[0]
+        rows.append(
+            {
+                "seed": seed,
+                "setting": label,
+                **{c: summary[c] for c in COLUMNS + RELEARN_COLUMNS * args.relearn},
+                "seconds": summary["seconds"],
+            }
+        )
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
+        write(name, pd.DataFrame(rows), args.targets, len(done) + len(todo))
+
+
+def write(name: str, table: pd.DataFrame, n_targets: int, n_rows: int) -> None:
+    """The runs CSV and the markdown table, the latter saying how many of the `n_rows` runs it holds."""
+    RESULTS.mkdir(exist_ok=True)
     command = " ".join(["python analysis/deep_ablation.py", *sys.argv[1:]])
+    partial = "" if len(table) >= n_rows else f"Partial: {len(table)} of {n_rows} runs (interrupted or running).\n\n"
     table.to_csv(RESULTS / f"{name}_runs.csv", index=False)
     (RESULTS / f"{name}.md").write_text(
         f"# sae_guided_deep, one term off at a time: `{command}`\n\n"
-        f"{args.targets} known people forgotten together per seed (tuning draws), through `irunlearn.run`.\n\n"
+        f"{n_targets} known people forgotten together per seed (tuning draws), through `irunlearn.run`.\n\n"
+        + partial
         + markdown(table)
     )
 
