@@ -1,7 +1,7 @@
 """A --small world built end to end (tokenizer, model, SAE) learns, in minutes; world training is reproducible."""
 
 import json
-import time
+import shutil
 
 import pytest
 import torch
@@ -12,12 +12,8 @@ from irunlearn.world.train_model import ModelTrainConfig, make_model, train_mode
 
 
 @pytest.mark.slow
-def test_small_world_builds_and_learns(tmp_path, capsys):
-    out = tmp_path / "small"
-    start = time.perf_counter()
-    assert main(["world", "build", "--small", "--out", str(out), "--json", "--quiet"]) == 0
-    elapsed = time.perf_counter() - start
-    report = json.loads(capsys.readouterr().out)
+def test_small_world_builds_and_learns(small_world, tmp_path, capsys):
+    built, report, elapsed = small_world
     stats = report["stats"]
     # chance for a known person's attribute is about 1/12; "unknown" for a stranger would be the same
     assert stats["known_qa_acc"] >= 0.5, stats
@@ -25,6 +21,8 @@ def test_small_world_builds_and_learns(tmp_path, capsys):
     assert stats["sae_fvu"] < 0.5, stats
     # Wall time is reported, not asserted (speed is measured by benchmarks, not timed asserts).
     print(f"--small world build: {elapsed:.0f} s, timings {report['timings']}")
+    out = tmp_path / "small"
+    shutil.copytree(built, out)  # the --sae-only rebuild below changes it; the session's build stays as built
     ew = load_world(out)  # what was built loads back, checksums and all
     assert len(ew.world.known) == stats["n_known"]
     assert ew.recognizer.fits(ew.model, ew.sae, seed=0)  # fit at build, shipped with the world

@@ -4,6 +4,7 @@ it never saw and keeps the rest, its artifacts are checked on load, and the ship
 import functools
 import itertools
 import json
+import shutil
 
 import pytest
 
@@ -50,10 +51,10 @@ def test_oracle_build_rejects_a_bad_forget_set_or_flags_before_any_work(tmp_path
 
 
 @pytest.fixture(scope="module")
-def small_oracle(tmp_path_factory):
-    """A --small world and its forget05 oracle, built through the CLI."""
+def small_oracle(small_world, tmp_path_factory):
+    """A copy of the session's --small world and its forget05 oracle, built through the CLI."""
     world_dir = tmp_path_factory.mktemp("oracle") / "small"
-    assert main(["world", "build", "--small", "--out", str(world_dir), "--quiet"]) == 0
+    shutil.copytree(small_world[0], world_dir)
     assert main(["world", "build", "--forget-set", "forget05", "--path", str(world_dir), "--quiet"]) == 0
     ew = load_world(world_dir)
     return ew, load_oracle("forget05", ew)
