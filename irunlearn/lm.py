@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,15 @@ def lm_loss(
 ) -> Float[torch.Tensor, ""]:
     """Mean next-token cross-entropy over real target tokens."""
     return token_nll(model(tokens, return_type="logits"), tokens, mask).sum() / mask[:, 1:].sum()
+
+
+def unembed_only(model: HookedTransformer, low: int, high: int | None) -> list[tuple[str, Callable]]:
+    """A forward hook cutting the final normalised residual to positions `low:high` before the unembedding,
+    if the model has that hook (TransformerLens's `ln_final.hook_normalized`); else no hook (the caller
+    slices the full logits). With a large vocabulary (Gemma: 262,144 words) the logits of every position cost
+    more memory and time than the rest of the model."""
+    name = "ln_final.hook_normalized"
+    return [(name, lambda resid, hook: resid[:, low:high])] if name in model.hook_dict else []
 
 
 MAX_LOGITS = 2**27  # most logits (batch × positions × vocabulary) one no-grad pass holds: 512 MB in fp32

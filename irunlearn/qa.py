@@ -8,7 +8,7 @@ line: what the lenient judge and real-model labelling read; generation health re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
-from irunlearn.lm import MAX_LOGITS
+from irunlearn.lm import MAX_LOGITS, unembed_only
 from irunlearn.prompts import bos_id
 
 ANSWER_WINDOW = 16  # positions a batch's answers are assumed to span, to size batches under `MAX_LOGITS`
@@ -102,7 +102,7 @@ def _answer_passes(
         # Unembed only the positions that predict answer tokens: with a large vocabulary (Gemma: 262,144
         # words) the logits of every prompt position cost more memory and time than the rest of the model.
         low, high = min(spans[i][0] for i in idx) - 1, max(spans[i][1] for i in idx) - 1
-        with model.hooks(fwd_hooks=_positions_only(model, low, high)):
+        with model.hooks(fwd_hooks=unembed_only(model, low, high)):
             logits = model(tokens, return_type="logits")
         offset = low if logits.shape[1] == high - low else 0  # 0: the model has no final-norm hook to cut at
         logprobs = logits.log_softmax(-1)
@@ -111,13 +111,6 @@ def _answer_passes(
             step = logprobs[row, a - 1 - offset : b - 1 - offset]
             gold = tokens[row, a:b]
             yield i, step.gather(-1, gold[:, None])[:, 0], step.argmax(-1) == gold
-
-
-def _positions_only(model: HookedTransformer, low: int, high: int) -> list[tuple[str, Callable]]:
-    """A forward hook cutting the final normalised residual to positions `low:high` before the unembedding,
-    if the model has that hook (TransformerLens's `ln_final.hook_normalized`); else no hook."""
-    name = "ln_final.hook_normalized"
-    return [(name, lambda resid, hook: resid[:, low:high])] if name in model.hook_dict else []
 
 
 @torch.no_grad()
@@ -178,7 +171,7 @@ def greedy_token_ids(
         width = max(len(encoded[i]) for i in rows)
         padded = [[tokenizer.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in rows]
         # `generate` finds the padding to mask from the tokenizer's padding side
-        with _padding_side(tokenizer, "left"), model.hooks(fwd_hooks=_last_position_only(model)):
+        with _padding_side(tokenizer, "left"), model.hooks(fwd_hooks=unembed_only(model, -1, None)):
             out = model.generate(
                 torch.tensor(padded, device=model.cfg.device),
                 max_new_tokens=max_new_tokens,
@@ -240,12 +233,6 @@ def _cut_at_stop(new_ids: list[int], stops: Sequence[int], eos: int | None) -> l
         if token in stops:
             return new_ids[: position + (token != eos)]
     return new_ids
-
-
-def _last_position_only(model: HookedTransformer) -> list[tuple[str, Callable]]:
-    """A forward hook that cuts the final normalised residual to its last position, if the model has one."""
-    name = "ln_final.hook_normalized"
-    return [(name, lambda resid, hook: resid[:, -1:])] if name in model.hook_dict else []
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -13,7 +13,7 @@ from irunlearn import load_world
 from irunlearn.cli import main
 from irunlearn.edits import load_edit, save_edit
 from irunlearn.methods import forget
-from irunlearn.methods.base import StepOutput, StillKnownWarning, run
+from irunlearn.methods.base import StepOutput, StillKnownWarning, run, standardized_drift
 from irunlearn.methods.recipes import RECIPES, WORLD, Recipe, recipe_for
 from irunlearn.methods.sae_guided import (
     QuestionBatch,
@@ -22,6 +22,7 @@ from irunlearn.methods.sae_guided import (
     _retain_sample,
     shares_a_name_word,
 )
+from irunlearn.methods.sae_guided_deep import SAEGuidedDeepConfig
 from irunlearn.world.tasks import resolve_targets, world_evaluator, world_task
 
 
@@ -355,3 +356,48 @@ def test_the_residual_term_brings_the_whole_name_residual_inside_a_strangers_rad
 def test_the_residual_term_needs_strangers(ew, task):
     with pytest.raises(ValueError, match="lambda_resid > 0 needs ForgetTask.unknown"):
         forget(ew.model, ew.sae, dataclasses.replace(task, unknown=[]), progress=False, lambda_resid=1.0, context=False)
+
+
+def test_answer_hits_from_the_answer_positions_alone_match_the_full_logits(ew, task):
+    """`AnswerBatch.model_hits` unembeds only the positions that predict answer tokens (the collapse guard and
+    `forget_acc` use it); on a damaged model, where some answers are hit and some missed, it agrees with
+    the greedy check on every position's logits."""
+    model = copy.deepcopy(ew.model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        weight = model.blocks[1].mlp.W_in
+        weight.add_(torch.randn(weight.shape, generator=generator) * weight.std() * 2)
+    batch = task.answer_batch(model, task.retain[:64])
+    full = batch.greedy_hits(model(batch.tokens, return_type="logits"))
+    assert 0.2 < full.float().mean() < 0.9
+    assert torch.equal(batch.model_hits(model), full)
+
+
+def test_the_window_readout_holds_the_edited_blocks_output_and_still_forgets(ew, task):
+    """`retain_readout="window"`: L_lm is the drift of the residual after the last edited block (zero on the
+    original weights), not the KL of the output; a run with it forgets the target and keeps the others."""
+    method = SAEGuided(task, ew.sae, SAEGuidedConfig(retain_readout="window"))
+    method.setup(ew.model)
+    assert method._retain_drift(ew.model, torch.arange(len(method.lm_tokens))).item() == 0
+    result = forget(ew.model, ew.sae, task, progress=False, retain_readout="window")
+    assert result.converged and "retain_kl" not in result.history and result.history["loss_lm"].iloc[-1] > 0
+    summary, _ = world_evaluator(ew, task).evaluate(result.model)
+    assert summary["forget_acc"] <= 0.05 and summary["paraphrase_forget_acc"] <= 0.1
+    assert summary["retain_acc"] >= 0.97 and summary["ppl_ratio"] <= 1.05
+    with pytest.raises(ValueError, match="retain_readout='resid' must be"):
+        SAEGuidedConfig(retain_readout="resid")
+    with pytest.raises(ValueError, match="stage 2 edits blocks past"):
+        SAEGuidedDeepConfig(retain_readout="window")
+
+
+def test_standardized_drift_counts_each_dimension_against_its_own_spread():
+    """A move of one standard deviation in every dimension is a drift of 1 whatever the dimensions' scales;
+    padding positions do not count."""
+    reference = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1, 10, 100, 1e3])
+    variance = reference.reshape(-1, 4).var(0)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, -1] = False
+    moved = reference + variance.sqrt()
+    moved[1, -1] += 1e6
+    assert standardized_drift(moved, reference, mask, variance).item() == pytest.approx(1.0)
+    assert standardized_drift(reference, reference, mask, variance).item() == 0

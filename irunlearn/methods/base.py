@@ -25,7 +25,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
-from irunlearn.lm import encode_lines, lm_loss, token_nll
+from irunlearn.lm import encode_lines, lm_loss, token_nll, unembed_only
 from irunlearn.methods.params import TrainableWeights
 from irunlearn.prompts import Template, bos_id, fact_questions, per_entity_accuracy
 from irunlearn.recognition import Recognizer
@@ -481,8 +481,7 @@ class CollapseGuard:
 
     @torch.no_grad()
     def _readings(self, model: HookedTransformer) -> tuple[float, float]:
-        logits = model(self.answers.tokens, return_type="logits")
-        accuracy = self.answers.greedy_hits(logits).float().mean().item()
+        accuracy = self.answers.model_hits(model).float().mean().item()
         return accuracy, lm_loss(model, self.text_tokens, self.text_mask).item()
 
     def measure(self, model: HookedTransformer) -> tuple[float, float]:
@@ -564,11 +563,23 @@ class AnswerBatch:
         correct = logits[:, :-1].argmax(-1) == self.tokens[:, 1:]
         return (correct | ~self.answer_mask).all(-1)
 
+    @torch.no_grad()
+    def model_hits(self, model: HookedTransformer) -> Bool[torch.Tensor, " batch"]:
+        """`greedy_hits` of `model`, unembedding only the positions that predict answer tokens."""
+        columns = self.answer_mask.any(0).nonzero()[:, 0]
+        low, high = int(columns.min()), int(columns.max()) + 1
+        with model.hooks(fwd_hooks=unembed_only(model, low, high)):
+            logits = model(self.tokens, return_type="logits")
+        if logits.shape[1] != high - low:  # the model has no final-norm hook to cut at
+            logits = logits[:, low:high]
+        correct = logits.argmax(-1) == self.tokens[:, low + 1 : high + 1]
+        return (correct | ~self.answer_mask[:, low:high]).all(-1)
+
     def forget_acc(self, model: HookedTransformer, logits: torch.Tensor | None = None) -> pd.Series:
         """Per entity: fraction of its facts still answered exactly (from `logits` if already computed)."""
         with torch.no_grad():
-            logits = model(self.tokens, return_type="logits") if logits is None else logits
-            hits = pd.Series(self.greedy_hits(logits).float().cpu().numpy(), index=self.entity)
+            hits = self.model_hits(model) if logits is None else self.greedy_hits(logits)
+        hits = pd.Series(hits.float().cpu().numpy(), index=self.entity)
         return hits.groupby(level=0, sort=False).mean()
 
 
@@ -581,6 +592,19 @@ def kl_to_reference(
     logprobs = logits.log_softmax(-1)
     kl = (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(-1)
     return (kl * mask).sum() / mask.sum()
+
+
+def standardized_drift(
+    states: Float[torch.Tensor, "batch pos d_model"],
+    reference: Float[torch.Tensor, "batch pos d_model"],
+    mask: Bool[torch.Tensor, "batch pos"],
+    variance: Float[torch.Tensor, " d_model"],
+) -> Float[torch.Tensor, ""]:
+    """Mean over real positions and dimensions of (h − h_ref)² / var: how far residuals moved, each dimension
+    against its own spread over the reference tokens (a few of a model's residual dimensions can be orders
+    of magnitude larger than the rest and would otherwise decide alone)."""
+    drift = ((states - reference).square() / variance).mean(-1)
+    return (drift * mask).sum() / mask.sum()
 
 
 def latent_readings(

@@ -4,7 +4,8 @@
     L_context = mean⁺_{t,τ} max(0, d_τ(q_t, Q_U) − d_τ(q_t, Q_K) + δ_q)       at the question's tokens
     L_act     = mean_{r,τ} ‖z_r(θ) − z_r(θ₀)‖² / ‖μ_U − μ_K‖²
               + mean_{h,i} ‖q_h,i(θ) − q_h,i(θ₀)‖² / ‖μ_U − μ_K‖²   (held neighbours' question tokens, below)
-    L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text)
+    L_lm      = mean_c KL(p_θ₀(·|c) ‖ p_θ(·|c))          (retain facts and generic text; or, below,
+              = mean_{c,i,d} (h_c,i,d(θ) − h_c,i,d(θ₀))² / var_d(h(θ₀))   the residual after the edited blocks)
     L_resid   = mean⁺_{t,τ} max(0, ‖x_t − X_U,τ‖² − r_U,τ) / ‖X_U,τ − X_K,τ‖²         at the name's last token
     L_nbr     = mean_{v,τ} ‖y_v(θ) − y_v(θ₀)‖² / mean_{t,τ} ‖y_t(θ₀) − Y_U,τ‖²   made-up name-sharers (below)
     L         = L_forget + L_context + λ_act · L_act + λ_lm · L_lm + λ_resid · L_resid + λ_nbr · L_nbr
@@ -50,6 +51,13 @@ toward `X_U,τ`, the mean residual of `n_resid_reference` unknown people (`Forge
 template, until it lies no farther from it than a stranger does on average (`r_U,τ`); `X_K,τ` (known retain
 people) scales it. With it, a row counts as flipped only once inside that radius too.
 
+Why the second L_lm (`retain_readout="window"`): the loop edits only the blocks of `layers`, so a retain
+line whose residual after the last of them (`h`, at every token) is where it was gets the original's output
+distribution exactly: holding `h` holds what the KL asks for, without the unembedding. With a large
+vocabulary that matters: on Gemma 3 (262,144 words) the logits of 16 short lines cost more than the 18
+blocks, and backward through them more again. It is stricter than the KL (it also holds directions the
+output ignores) and is what a model's recipe picks when its vocabulary is large.
+
 Why L_nbr (`lambda_neighbours`, off by default): people outside the task who share a word of a target's
 name lose answers, though no term pushes on them. The edit moves what the first trained block writes at the
 name's last token, and a name that ends the same way ("Xasol Kanes" next to "Orha Kanes") or starts the
@@ -85,7 +93,15 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import EntityBatch, forward_to_hook, sae_hook_name, stop_layer
 from irunlearn.entities import Entity
 from irunlearn.lm import encode_lines, pad_id
-from irunlearn.methods.base import ForgetConfig, ForgetTask, Method, StepOutput, kl_to_reference, latent_readings
+from irunlearn.methods.base import (
+    ForgetConfig,
+    ForgetTask,
+    Method,
+    StepOutput,
+    kl_to_reference,
+    latent_readings,
+    standardized_drift,
+)
 from irunlearn.prompts import entity_token_positions
 
 
@@ -115,6 +131,15 @@ class SAEGuidedConfig(ForgetConfig):
     lambda_neighbours: float = 0.0  # L_nbr, made-up name-sharers' states after the first trained block; 0: off
     n_neighbours: int = 32  # made-up names per target, split evenly over the words they keep
     neighbour_rows: int = 32  # of their (name, template) rows per step
+    retain_readout: Literal["logits", "window"] = "logits"  # L_lm on the output, or on the edited blocks' output
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.retain_readout not in ("logits", "window"):
+            raise ValueError(
+                f"{type(self).__name__}: retain_readout={self.retain_readout!r} must be 'logits' (L_lm as the KL "
+                "of the output) or 'window' (the residual after the last edited block)."
+            )
 
 
 @dataclass
@@ -209,7 +234,12 @@ class SAEGuided(Method):
             self.retain_latents = self.sae.encode(self.retain_batch.read(model, self.hook_name))
             if self.held is not None:
                 self.held_latents = self._question_latents(model, self.held)
-            self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
+            if cfg.retain_readout == "logits":
+                self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
+            else:
+                self.window_end = max(cfg.layers) + 1 if cfg.layers else stop_layer(self.hook_name)
+                self.ref_states = model(self.lm_tokens, stop_at_layer=self.window_end)
+                self.state_variance = self.ref_states[self.lm_mask].var(0).clamp(min=1e-12)
             if self.use_context:
                 self._setup_context(model, rng)
             self.use_resid = cfg.lambda_resid > 0
@@ -318,8 +348,7 @@ class SAEGuided(Method):
         loss_act = (retain_latents - self.retain_latents[retain_rows]).square().sum(-1).mean() / self.gap
         if self.held is not None:
             loss_act = loss_act + self._held_question_drift(model)
-        logits = model(self.lm_tokens[lm_rows], return_type="logits")
-        loss_lm = kl_to_reference(logits, self.ref_logprobs[lm_rows], self.lm_mask[lm_rows])
+        loss_lm = self._retain_drift(model, lm_rows)
         loss = loss_forget + cfg.lambda_act * loss_act + cfg.lambda_lm * loss_lm
         terms = {"loss_forget": loss_forget.item(), "loss_act": loss_act.item(), "loss_lm": loss_lm.item()}
         if self.neighbours is not None:
@@ -353,10 +382,18 @@ class SAEGuided(Method):
         self.flipped[target_rows] = flipped
         return StepOutput(
             loss=loss,
-            terms=terms | {"retain_kl": loss_lm.item()},
+            terms=terms | ({"retain_kl": loss_lm.item()} if cfg.retain_readout == "logits" else {}),
             per_target=per_target,
             done=bool(self.flipped.all()),
         )
+
+    def _retain_drift(self, model: HookedTransformer, rows: Int[torch.Tensor, " n"]) -> Float[torch.Tensor, ""]:
+        """L_lm on the retain lines at `rows`: the KL of the output, or the edited blocks' relative drift."""
+        tokens, mask = self.lm_tokens[rows], self.lm_mask[rows]
+        if self.config.retain_readout == "logits":
+            return kl_to_reference(model(tokens, return_type="logits"), self.ref_logprobs[rows], mask)
+        states = model(tokens, stop_at_layer=self.window_end)
+        return standardized_drift(states, self.ref_states[rows], mask, self.state_variance)
 
     def _question_latents(self, model: HookedTransformer, batch: QuestionBatch) -> Float[torch.Tensor, "n d_sae"]:
         """SAE latents at every question token after the name."""

@@ -211,6 +211,11 @@ class SAEGuidedDeepConfig(SAEGuidedConfig):
             raise ValueError(
                 f"SAEGuidedDeepConfig: sharer_parts={self.sharer_parts!r} must name one or both of 'prefix', 'last'."
             )
+        if self.retain_readout != "logits":
+            raise ValueError(
+                f"SAEGuidedDeepConfig: retain_readout={self.retain_readout!r} must be 'logits': stage 2 edits blocks "
+                "past stage 1's, so only the output distribution says what the retain lines keep."
+            )
         if self.lambda_neighbours_deep < 0 or (self.lambda_neighbours_deep > 0 and self.lambda_neighbours <= 0):
             raise ValueError(
                 f"SAEGuidedDeepConfig: lambda_neighbours_deep={self.lambda_neighbours_deep!r} must be >= 0, and > 0 "
