@@ -71,8 +71,14 @@ _LARGE_VOCABULARY = {"guard_lines": 8}
 # lr: on tuning person Chuck Norris (seed 100) one Adam step at the world's 5e-4 took the held retain answers
 # from 1.0 to 0.0 (retain KL 1.12); at 1e-4 the guard rolled the run back at step 1 too (0.125 of them kept);
 # 3e-5 ran its 40 steps with retain 0.99 (analysis/results/real_forgetting_tuning_l0.md).
+# retain_readout "window": L_lm holds the residual after block 6 instead of the output's KL; on Chuck Norris a
+# step took 12 s instead of 42 (one torch thread), so the retain lines could go from 8 to 16 a step (pool 4x);
+# the guard (8 fact and 8 text lines through the 262,144-word unembedding: ~25 s) is read every 10 steps
+# and at every step that would stop the run.
 _GEMMA3_270M = {
-    "sae_guided": _SMALL_REAL_MODEL["sae_guided"] | _LARGE_VOCABULARY | {"retain_pool": 2, "lr": 3e-5},
+    "sae_guided": _SMALL_REAL_MODEL["sae_guided"]
+    | _LARGE_VOCABULARY
+    | {"lr": 3e-5, "retain_readout": "window", "n_retain_text": 8, "retain_pool": 4, "guard_every": 10},
     "grad_ascent": _SMALL_REAL_MODEL["grad_ascent"] | _LARGE_VOCABULARY,
     "npo": {"max_steps": 30, "n_retain_text": 8} | _LARGE_VOCABULARY,
     "rmu": {"max_steps": 30, "n_retain_text": 8} | _LARGE_VOCABULARY,
