@@ -71,10 +71,11 @@ _LARGE_VOCABULARY = {"guard_lines": 8}
 # lr: on tuning person Chuck Norris (seed 100) one Adam step at the world's 5e-4 took the held retain answers
 # from 1.0 to 0.0 (retain KL 1.12); at 1e-4 the guard rolled the run back at step 1 too (0.125 of them kept);
 # 3e-5 ran its 40 steps with retain 0.99 (analysis/results/real_forgetting_tuning_l0.md).
-# retain_readout "window": L_lm holds the residual after block 6 instead of the output's KL; on Chuck Norris a
-# step took 12 s instead of 42 (one torch thread), so the retain lines could go from 8 to 16 a step (pool 4x);
-# the guard (8 fact and 8 text lines through the 262,144-word unembedding: ~25 s) is read every 10 steps
-# and at every step that would stop the run.
+# retain_readout "window": L_lm holds the residual after block 6 instead of the output's KL, so no step goes
+# through the 262,144-word unembedding and the retain lines go from 8 to 16 a step (pool 4x); the guard (8 fact
+# and 8 text lines through the unembedding) is read every 10 steps and at every step that would stop the run.
+# Chuck Norris: 36 steps in 628 s (the KL recipe: 40 in 951 s), probes 0.12 / 0.26 (0.31 / 0.46), unrelated
+# prompts kept 0.75 (0.68) (analysis/results/real_forgetting_tuning_window.md).
 _GEMMA3_270M = {
     "sae_guided": _SMALL_REAL_MODEL["sae_guided"]
     | _LARGE_VOCABULARY
