@@ -69,6 +69,16 @@ def unembed_only(model: HookedTransformer, low: int, high: int | None) -> list[t
     return [(name, lambda resid, hook: resid[:, low:high])] if name in model.hook_dict else []
 
 
+def logits_at(
+    model: HookedTransformer, tokens: Int[torch.Tensor, "batch pos"], low: int, high: int
+) -> Float[torch.Tensor, "batch window vocab"]:
+    """The logits of positions `low:high` only: unembedded there alone where the model has the final-norm hook
+    (`unembed_only`), else sliced from the full logits."""
+    with model.hooks(fwd_hooks=unembed_only(model, low, high)):
+        logits = model(tokens, return_type="logits")
+    return logits if logits.shape[1] == high - low else logits[:, low:high]
+
+
 MAX_LOGITS = 2**27  # most logits (batch × positions × vocabulary) one no-grad pass holds: 512 MB in fp32
 
 

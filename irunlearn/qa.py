@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerBase
 
-from irunlearn.lm import MAX_LOGITS, unembed_only
+from irunlearn.lm import MAX_LOGITS, logits_at, unembed_only
 from irunlearn.prompts import bos_id
 
 ANSWER_WINDOW = 16  # positions a batch's answers are assumed to span, to size batches under `MAX_LOGITS`
@@ -102,13 +102,10 @@ def _answer_passes(
         # Unembed only the positions that predict answer tokens: with a large vocabulary (Gemma: 262,144
         # words) the logits of every prompt position cost more memory and time than the rest of the model.
         low, high = min(spans[i][0] for i in idx) - 1, max(spans[i][1] for i in idx) - 1
-        with model.hooks(fwd_hooks=unembed_only(model, low, high)):
-            logits = model(tokens, return_type="logits")
-        offset = low if logits.shape[1] == high - low else 0  # 0: the model has no final-norm hook to cut at
-        logprobs = logits.log_softmax(-1)
+        logprobs = logits_at(model, tokens, low, high).log_softmax(-1)
         for row, i in enumerate(idx):
             a, b = spans[i]
-            step = logprobs[row, a - 1 - offset : b - 1 - offset]
+            step = logprobs[row, a - 1 - low : b - 1 - low]
             gold = tokens[row, a:b]
             yield i, step.gather(-1, gold[:, None])[:, 0], step.argmax(-1) == gold
 

@@ -25,7 +25,7 @@ from transformer_lens import HookedTransformer
 
 from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
-from irunlearn.lm import encode_lines, lm_loss, token_nll, unembed_only
+from irunlearn.lm import encode_lines, lm_loss, logits_at, token_nll
 from irunlearn.methods.params import TrainableWeights
 from irunlearn.prompts import Template, bos_id, fact_questions, per_entity_accuracy
 from irunlearn.recognition import Recognizer
@@ -338,6 +338,11 @@ def _forgotten_check(
     return probes, answers, stop_reason
 
 
+def edited_layers(config: ForgetConfig, hook_name: str, n_layers: int) -> tuple[int, ...]:
+    """The blocks a run edits: `config.layers`, else every block up to the SAE's hook block, included."""
+    return config.layers if config.layers is not None else tuple(range(stop_layer(hook_name) or n_layers))
+
+
 def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple[pd.DataFrame, str, int, float]:
     """The optimisation loop: step, guard, roll back, stop `extra_steps` after done.
 
@@ -350,7 +355,7 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     """
     config = method.config
     start, monitor_seconds = time.perf_counter(), 0.0
-    layers = config.layers if config.layers is not None else tuple(range(stop_layer(hook_name) or model.cfg.n_layers))
+    layers = edited_layers(config, hook_name, model.cfg.n_layers)
     weights = TrainableWeights(model, layers, config.train_attn, config.lora_rank)
     optimizer = torch.optim.Adam(weights.parameters(), lr=config.lr)
     method.sae.requires_grad_(False)
@@ -568,17 +573,12 @@ class AnswerBatch:
         """`greedy_hits` of `model`, unembedding only the positions that predict answer tokens."""
         columns = self.answer_mask.any(0).nonzero()[:, 0]
         low, high = int(columns.min()), int(columns.max()) + 1
-        with model.hooks(fwd_hooks=unembed_only(model, low, high)):
-            logits = model(self.tokens, return_type="logits")
-        if logits.shape[1] != high - low:  # the model has no final-norm hook to cut at
-            logits = logits[:, low:high]
-        correct = logits.argmax(-1) == self.tokens[:, low + 1 : high + 1]
+        correct = logits_at(model, self.tokens, low, high).argmax(-1) == self.tokens[:, low + 1 : high + 1]
         return (correct | ~self.answer_mask[:, low:high]).all(-1)
 
     def forget_acc(self, model: HookedTransformer, logits: torch.Tensor | None = None) -> pd.Series:
         """Per entity: fraction of its facts still answered exactly (from `logits` if already computed)."""
-        with torch.no_grad():
-            hits = self.model_hits(model) if logits is None else self.greedy_hits(logits)
+        hits = self.model_hits(model) if logits is None else self.greedy_hits(logits)
         hits = pd.Series(hits.float().cpu().numpy(), index=self.entity)
         return hits.groupby(level=0, sort=False).mean()
 

@@ -98,6 +98,7 @@ from irunlearn.methods.base import (
     ForgetTask,
     Method,
     StepOutput,
+    edited_layers,
     kl_to_reference,
     latent_readings,
     standardized_drift,
@@ -237,7 +238,7 @@ class SAEGuided(Method):
             if cfg.retain_readout == "logits":
                 self.ref_logprobs = model(self.lm_tokens, return_type="logits").log_softmax(-1)
             else:
-                self.window_end = max(cfg.layers) + 1 if cfg.layers else stop_layer(self.hook_name)
+                self.window_end = max(edited_layers(cfg, self.hook_name, model.cfg.n_layers)) + 1
                 self.ref_states = model(self.lm_tokens, stop_at_layer=self.window_end)
                 self.state_variance = self.ref_states[self.lm_mask].var(0).clamp(min=1e-12)
             if self.use_context:
@@ -388,7 +389,8 @@ class SAEGuided(Method):
         )
 
     def _retain_drift(self, model: HookedTransformer, rows: Int[torch.Tensor, " n"]) -> Float[torch.Tensor, ""]:
-        """L_lm on the retain lines at `rows`: the KL of the output, or the edited blocks' relative drift."""
+        """L_lm on the retain lines at `rows`: the KL of the output, or the standardized drift of the residual
+        after the last edited block."""
         tokens, mask = self.lm_tokens[rows], self.lm_mask[rows]
         if self.config.retain_readout == "logits":
             return kl_to_reference(model(tokens, return_type="logits"), self.ref_logprobs[rows], mask)
