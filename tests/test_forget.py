@@ -12,8 +12,16 @@ import torch
 from irunlearn import load_world
 from irunlearn.cli import main
 from irunlearn.edits import load_edit, save_edit
+from irunlearn.lm import encode_lines
 from irunlearn.methods import forget
-from irunlearn.methods.base import StepOutput, StillKnownWarning, run, standardized_drift
+from irunlearn.methods.base import (
+    StepOutput,
+    StillKnownWarning,
+    edited_layers,
+    run,
+    standardized_drift,
+    target_key_bases,
+)
 from irunlearn.methods.recipes import RECIPES, WORLD, Recipe, recipe_for
 from irunlearn.methods.sae_guided import (
     QuestionBatch,
@@ -57,6 +65,7 @@ def test_the_forgotten_target_becomes_hard_to_tell_from_strangers(ew, task, resu
     assert after["indistinguishability"] > 0.3 and after["indistinguishability_resid"] > 0.2
 
 
+@pytest.mark.slow
 def test_five_targets_together_meet_the_method_targets(ew, recognizer):
     """Seed 1's five people: with the name-token objective alone one of them (Peto Finsavel) kept every answer."""
     task = world_task(ew, resolve_targets(ew, n_random=5, seed=1), recognizer)
@@ -401,3 +410,43 @@ def test_standardized_drift_counts_each_dimension_against_its_own_spread():
     moved[1, -1] += 1e6
     assert standardized_drift(moved, reference, mask, variance).item() == pytest.approx(1.0)
     assert standardized_drift(reference, reference, mask, variance).item() == 0
+
+
+def test_name_keys_edits_only_along_the_targets_keys_and_forgets(ew, task):
+    """`edit="name_keys"`: every MLP weight change lies in its key basis (`W + K @ B`), biases and attention
+    stay bit-identical, ordinary text projects onto the bases far less than the targets' own keys do, and the
+    run still forgets the target and keeps the others."""
+    layers = edited_layers(SAEGuidedConfig(), ew.hook_name, ew.model.cfg.n_layers)
+    names, _ = task.entity_batch(ew.model, task.targets)
+    lines = task.retain_lines(task.retain[:64], 64, random.Random(0))
+    tokens, mask = encode_lines(ew.model.tokenizer, lines, ew.model.cfg.n_ctx, task.prepend_bos, device="cpu")
+    bases = target_key_bases(ew.model, task, layers, SAEGuidedConfig(edit="name_keys"))  # what the run uses
+    assert bases.keys() == {(layer, weight) for layer in layers for weight in ("W_in", "W_out")}
+    _, cache = ew.model.run_with_cache(tokens, names_filter=lambda n: n.endswith("ln2.hook_normalized"))
+    _, key_cache = ew.model.run_with_cache(names.tokens, names_filter=lambda n: n.endswith("ln2.hook_normalized"))
+    for layer in layers:
+        basis = bases[(layer, "W_in")]
+        keys = key_cache[f"blocks.{layer}.ln2.hook_normalized"][torch.arange(len(names.positions)), names.positions]
+        text = cache[f"blocks.{layer}.ln2.hook_normalized"][mask]
+        assert (keys @ basis).square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+        assert (text @ basis).square().mean().sqrt().item() < 0.2
+
+    result = forget(ew.model, ew.sae, task, progress=False, edit="name_keys", lr=1e-2)
+    assert result.converged, result.stop_reason
+    summary, _ = world_evaluator(ew, task).evaluate(result.model)
+    assert summary["forget_acc"] <= 0.05 and summary["paraphrase_forget_acc"] <= 0.1
+    assert summary["retain_acc"] >= 0.97 and summary["ppl_ratio"] <= 1.02
+    before, after = dict(ew.model.named_parameters()), dict(result.model.named_parameters())
+    for name, weight in before.items():
+        layer_weight = name.removeprefix("blocks.").split(".mlp.")
+        if len(layer_weight) == 2 and (int(layer_weight[0]), layer_weight[1]) in bases:
+            change = (after[name] - weight).double()
+            basis = bases[(int(layer_weight[0]), layer_weight[1])].double()
+            outside = change - basis @ torch.linalg.lstsq(basis, change).solution
+            assert change.abs().max() > 0 and outside.abs().max() < 1e-5 * change.abs().max(), name
+        else:
+            assert torch.equal(after[name], weight), name
+    with pytest.raises(ValueError, match="edit='keys'"):
+        SAEGuidedConfig(edit="keys")
+    with pytest.raises(ValueError, match="changes MLP weights only"):
+        forget(ew.model, ew.sae, task, progress=False, edit="name_keys", train_attn=True)

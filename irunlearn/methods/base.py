@@ -14,7 +14,7 @@ import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import pandas as pd
 import torch
@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer
 from irunlearn.activations import EntityBatch, check_pairing, stop_layer
 from irunlearn.entities import Entity
 from irunlearn.lm import encode_lines, lm_loss, logits_at, token_nll
-from irunlearn.methods.params import TrainableWeights
+from irunlearn.methods.params import TrainableWeights, key_bases
 from irunlearn.prompts import Template, bos_id, fact_questions, per_entity_accuracy
 from irunlearn.recognition import Recognizer
 
@@ -132,6 +132,9 @@ class ForgetConfig:
     layers: tuple[int, ...] | None = None
     train_attn: bool = False
     lora_rank: int | None = None
+    edit: Literal["full", "name_keys"] = "full"  # every weight of the MLPs, or only along the targets' keys
+    key_rank: int = 4  # name_keys: directions per edited weight
+    key_lines: int = 64  # name_keys: retain fact lines and as many retain_text lines whose inputs give C
     max_retain_kl: float = 2.0
     track_answers: bool = False  # record per-step forget_acc_train (greedy, training templates); not timed
     seed: int = 0
@@ -153,6 +156,9 @@ class ForgetConfig:
                 self.lora_rank is None or _is_int(self.lora_rank) and self.lora_rank >= 1,
                 "None or an integer >= 1",
             ),
+            "edit": (self.edit, self.edit in ("full", "name_keys"), "'full' or 'name_keys'"),
+            "key_rank": (self.key_rank, _is_int(self.key_rank) and self.key_rank >= 1, "an integer >= 1"),
+            "key_lines": (self.key_lines, _is_int(self.key_lines) and self.key_lines >= 1, "an integer >= 1"),
             "max_retain_kl": (self.max_retain_kl, self.max_retain_kl > 0, "a number > 0"),
             "guard_every": (
                 self.guard_every,
@@ -166,6 +172,11 @@ class ForgetConfig:
         bad = [f"{name}={value!r} (must be {rule})" for name, (value, ok, rule) in checks.items() if not ok]
         if bad:
             raise ValueError(f"{type(self).__name__}: invalid {'; '.join(bad)}.")
+        if self.edit == "name_keys" and (self.train_attn or self.lora_rank is not None):
+            raise ValueError(
+                f"{type(self).__name__}: edit='name_keys' changes MLP weights only, along the targets' keys; "
+                f"give train_attn=False (now {self.train_attn}) and no lora_rank (now {self.lora_rank})."
+            )
 
 
 @dataclass
@@ -356,7 +367,8 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     config = method.config
     start, monitor_seconds = time.perf_counter(), 0.0
     layers = edited_layers(config, hook_name, model.cfg.n_layers)
-    weights = TrainableWeights(model, layers, config.train_attn, config.lora_rank)
+    bases = target_key_bases(model, method.task, layers, config) if config.edit == "name_keys" else None
+    weights = TrainableWeights(model, layers, config.train_attn, config.lora_rank, bases)
     optimizer = torch.optim.Adam(weights.parameters(), lr=config.lr)
     method.sae.requires_grad_(False)
     method.setup(model)
@@ -417,6 +429,19 @@ def _optimise(method: Method, model: HookedTransformer, hook_name: str) -> tuple
     model.eval()
     history = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
     return history, stop_reason, updates, monitor_seconds
+
+
+def target_key_bases(
+    model: HookedTransformer, task: ForgetTask, layers: tuple[int, ...], config: ForgetConfig
+) -> dict[tuple[int, str], torch.Tensor]:
+    """`params.key_bases` for `edit="name_keys"`: the keys at the targets' names' last tokens in every
+    template, against `key_lines` of the retain people's fact lines and as many `retain_text` lines."""
+    rng = random.Random(config.seed)
+    names, _ = task.entity_batch(model, task.targets)
+    retain = rng.sample(task.retain, min(config.key_lines, len(task.retain)))
+    lines = task.retain_lines(retain, config.key_lines, rng)
+    tokens, mask = encode_lines(model.tokenizer, lines, model.cfg.n_ctx, task.prepend_bos, device=model.cfg.device)
+    return key_bases(model, names.tokens, names.positions, tokens, mask, layers, config.key_rank)
 
 
 def _problem(
