@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 IRUNLEARN := $(VENV)/bin/irunlearn
 
-.PHONY: setup demo test test-fast lint world real-fixture test-real
+.PHONY: setup demo test test-slow lint world real-fixture test-real
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,14 @@ demo: setup
 	$(IRUNLEARN) report --random-targets 1 --seed 0 --method sae_guided,grad_ascent --out reports/demo --force
 	$(PY) -c "from irunlearn.report import screenshot; screenshot('reports/demo/index.html', 'reports/demo/first_screen.png')"
 
-# The Gemma and SmolLM2 tests (marker `real`) run with `make test-real`: they need the fixtures and minutes.
+# `make test` (CI) leaves out the tests marked `slow` (minutes each: whole-world builds, oracles, ten-target
+# runs, the recipe on stand-ins), which `make test-slow` runs, and the Gemma and SmolLM2 tests (marker `real`),
+# which `make test-real` runs: they need the fixtures and minutes.
 test: setup
-	$(PY) -m pytest -q -m "not real"
+	$(PY) -m pytest -q -m "not real and not slow"
 
-test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+test-slow: setup
+	$(PY) -m pytest -q -m "slow and not real"
 
 lint: setup
 	$(VENV)/bin/ruff check irunlearn tests analysis

@@ -251,6 +251,7 @@ def test_the_last_word_lines_carry_the_targets_last_name_at_the_persons_own(ew, 
 DEEP_NEIGHBOUR_SEED = 102  # a tuning draw: Vivel Kama, whose first name held-out people share
 
 
+@pytest.mark.slow
 def test_the_virtual_sharers_and_the_made_up_neighbours_keep_held_out_name_sharers_through_stage_2(ew, recognizer):
     """Stage 2 learns the target's restored key as "unknown"; without the last-word lines and the made-up
     neighbours held after the deep layers, the held-out people who share Vivel Kama's first name lose about

@@ -74,6 +74,7 @@ def test_own_rows_on_the_world_model_forget_with_the_full_metric_set(ew):
     assert before["forget_acc"] == 1 and before["idk_rate"] == 0
 
 
+@pytest.mark.slow
 def test_own_rows_on_a_tiny_local_llama_run_end_to_end(tmp_path):
     model = models.load_hf_folder(save_tiny_llama(tmp_path / "tiny-llama"))
     cfg = TopKSAEConfig(d_in=model.cfg.d_model, d_sae=128, k=8)

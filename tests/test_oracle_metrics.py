@@ -82,6 +82,7 @@ def test_attribute_pools_are_the_worlds_values_or_those_seen(self_oracle):
     assert strangers[0].attributes == holdout_strangers(self_oracle)[0].attributes  # seeded
 
 
+@pytest.mark.slow
 def test_a_model_against_itself_has_forget_quality_1_and_privleak_0(ew, self_oracle):
     """The identities of the definitions, and the original model's own figures on people it knows."""
     values = self_oracle.metrics(ew.model, sorted(ORACLE_METRICS))

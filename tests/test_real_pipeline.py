@@ -418,6 +418,7 @@ needs_new_recipe = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_new_recipe
 def test_gemma_recipe_runs_on_local_stand_ins(tiny, trained, records, monkeypatch, tmp_path):
     """The recipe cell, executed as written, with the two hub downloads answered by local objects."""

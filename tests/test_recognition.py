@@ -135,6 +135,7 @@ def test_empty_entity_set_is_an_error(ew):
         )
 
 
+@pytest.mark.slow
 def test_recognize_cli_json(capsys):
     assert main(["recognize", "--json", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)

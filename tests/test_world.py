@@ -93,6 +93,7 @@ def test_build_refuses_a_non_empty_out_without_force(tmp_path, capsys):
     assert (tmp_path / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_world_stats_cli_prints_one_json_object(capsys):
     assert main(["world", "stats", "--json", "--quiet"]) == 0
     stats = json.loads(capsys.readouterr().out)
