@@ -56,6 +56,7 @@ def question_file(ew, tmp_path_factory):
 # report --from: the page from the run folder alone ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_renders_again_from_its_run_folder_without_a_model(ew, tmp_path, capsys, monkeypatch):
     target = ew.world.known[7].name
     out = tmp_path / "run"
@@ -82,6 +83,7 @@ def test_report_renders_again_from_its_run_folder_without_a_model(ew, tmp_path, 
     assert RunResults.load(out).summary.equals(saved.summary)
 
 
+@pytest.mark.slow
 def test_compare_saves_a_run_folder_that_renders_without_entity_readings(ew, tmp_path, capsys, monkeypatch):
     out = tmp_path / "compare"
     code, table = run_cli(capsys, "compare", "--method", "sae_guided", "--seeds", "0,1", "--max-steps", 2, "--out", out)
@@ -100,6 +102,7 @@ def test_compare_saves_a_run_folder_that_renders_without_entity_readings(ew, tmp
 # --questions on the world ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_forget_with_a_question_file_on_the_world(question_file, capsys):
     path, rows = question_file
     target = rows["entity"].iloc[0]
@@ -111,6 +114,7 @@ def test_forget_with_a_question_file_on_the_world(question_file, capsys):
     assert [row["target"] for row in run["per_target"]] == [target]
 
 
+@pytest.mark.slow
 def test_recognize_with_a_jsonl_question_file_on_the_world(question_file, tmp_path, capsys):
     _, rows = question_file
     path = tmp_path / "people.jsonl"

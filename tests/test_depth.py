@@ -345,6 +345,7 @@ def test_made_up_neighbours_are_strangers_that_keep_all_but_one_word_of_the_targ
     assert (read["p_known_sae"] < 0.5).all() and (read["p_known_resid"] < 0.5).all()
 
 
+@pytest.mark.slow
 def test_the_made_up_neighbours_keep_a_held_out_last_name_sharers_answers(ew, recognizer):
     """Forgetting Orha Kanes moves what block 0 writes at every "… Kanes": held-out Xasol Kanes, in no retain
     term, loses most answers to sae_guided's defaults; holding made-up "… Kanes" strangers (L_nbr) keeps them,
