@@ -46,7 +46,7 @@ class KeyedDelta(nn.Module):
         return weight + self.basis @ self.B
 
 
-# The MLP weights each edit mode may change, and the hook that gives each one's input (for its keys).
+# The MLP weights `edit="name_keys"` may change, and the hook that gives each one's input (for its keys).
 KEY_INPUTS = {"W_in": "ln2.hook_normalized", "W_gate": "ln2.hook_normalized", "W_out": "mlp.hook_post"}
 
 
@@ -114,7 +114,7 @@ class TrainableWeights:
             raise ValueError(f"layers must be a non-empty subset of 0..{model.cfg.n_layers - 1}; got {list(layers)}")
         if bases is not None and (attn or lora_rank is not None):
             raise ValueError("Edits along key bases change MLP weights only: give no lora_rank and attn=False.")
-        self.model, self.lora = model, lora_rank is not None or bases is not None
+        self.model, self.parametrized = model, lora_rank is not None or bases is not None
         model.requires_grad_(False)
         self.targets: list[tuple[nn.Module, str]] = []
         if bases is not None:
@@ -122,29 +122,29 @@ class TrainableWeights:
                 module = model.blocks[layer].mlp
                 self.targets.append((module, name))
                 parametrize.register_parametrization(module, name, KeyedDelta(basis, getattr(module, name).shape[-1]))
-            layers = []
-        for layer in layers:
-            block = model.blocks[layer]
-            self.targets += [
-                (block.mlp, name) for name in ("W_in", "W_out", "b_in", "b_out") if hasattr(block.mlp, name)
-            ]
-            if attn:
-                self.targets += [(block.attn, name) for name in ("W_Q", "W_K", "W_V", "W_O")]
+        else:
+            for layer in layers:
+                block = model.blocks[layer]
+                self.targets += [
+                    (block.mlp, name) for name in ("W_in", "W_out", "b_in", "b_out") if hasattr(block.mlp, name)
+                ]
+                if attn:
+                    self.targets += [(block.attn, name) for name in ("W_Q", "W_K", "W_V", "W_O")]
         if lora_rank is not None:
             for module, name in self.targets:
                 weight = getattr(module, name)
                 if weight.ndim >= 2:
                     parametrize.register_parametrization(module, name, LoRA(weight.shape, lora_rank))
-        self._params = [p for p in self._all_parameters() if p.requires_grad or not self.lora]
+        self._params = [p for p in self._all_parameters() if p.requires_grad or not self.parametrized]
         for p in self._params:
             p.requires_grad_(True)
 
     def _all_parameters(self) -> list[nn.Parameter]:
         params = []
         for module, name in self.targets:
-            if self.lora and parametrize.is_parametrized(module, name):
+            if self.parametrized and parametrize.is_parametrized(module, name):
                 params += list(module.parametrizations[name][0].parameters())
-            elif not self.lora:
+            elif not self.parametrized:
                 params.append(getattr(module, name))
         return params
 
@@ -161,7 +161,7 @@ class TrainableWeights:
 
     def finish(self) -> None:
         """Merge LoRA factors into the weights and freeze everything."""
-        if self.lora:
+        if self.parametrized:
             for module, name in self.targets:
                 if parametrize.is_parametrized(module, name):
                     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
